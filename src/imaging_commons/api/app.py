@@ -1,0 +1,35 @@
+"""The HTTP application: both API adapters over one core."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..config import Archive
+from ..core.commons import Commons
+from . import auth, errors
+
+
+def create_app(archive: Archive) -> FastAPI:
+    from . import idc_v1, nbia, nbia_images
+
+    app = FastAPI(
+        title="Imaging Commons",
+        version=__version__,
+        description="IDC API v1 (under /v1) and the NBIA REST API (under /nbia-api) over one "
+                    "archive.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.commons = Commons(archive)
+    app.add_exception_handler(errors.ApiError, errors.api_error_handler)
+    app.add_exception_handler(RequestValidationError, errors.validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
+    app.add_exception_handler(Exception, errors.unexpected_error_handler)
+    app.include_router(auth.router)
+    app.include_router(idc_v1.router)
+    app.include_router(nbia.router)
+    app.include_router(nbia_images.router)
+    return app

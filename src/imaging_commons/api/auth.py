@@ -1,0 +1,111 @@
+"""Bearer-token authentication and the OAuth2 token endpoint shared by both APIs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from ..core.accounts import AccountError, InvalidToken, User
+from .errors import ApiError
+
+router = APIRouter(tags=["auth"])
+
+
+def bearer_token(request: Request) -> str | None:
+    """The bearer token of a request; tcia_utils sends `Bearer undefined` when it has none."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip() or token.strip() == "undefined":
+        return None
+    return token.strip()
+
+
+def optional_user(request: Request) -> User | None:
+    """The caller, or None when no token was sent. A bad token is a 401, not anonymous access."""
+    token = bearer_token(request)
+    if token is None:
+        return None
+    try:
+        return request.app.state.commons.accounts.user_for_token(token)
+    except InvalidToken as e:
+        raise ApiError(401, f"Invalid or {e.reason} token",
+                       headers={"WWW-Authenticate": "Bearer"}) from None
+
+
+def required_user(request: Request) -> User:
+    user = optional_user(request)
+    if user is None:
+        raise ApiError(401, "Authentication required: send Authorization: Bearer <token>",
+                       headers={"WWW-Authenticate": "Bearer"})
+    return user
+
+
+def nbia_user(request: Request) -> User:
+    """NBIA callers without a token are the guest (public collections only)."""
+    return optional_user(request) or request.app.state.commons.accounts.guest_user()
+
+
+async def _oauth_params(request: Request) -> dict:
+    params = dict(request.query_params)
+    if request.method == "POST":
+        ctype = request.headers.get("content-type", "")
+        if "json" in ctype:
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict):
+                params.update({k: str(v) for k, v in body.items()})
+        else:
+            form = await request.form()
+            params.update({k: v for k, v in form.items() if isinstance(v, str)})
+    return params
+
+
+def _token_response(pair) -> JSONResponse:
+    return JSONResponse({
+        "access_token": pair.access_token,
+        "token_type": "bearer",
+        "expires_in": pair.expires_in,
+        "refresh_token": pair.refresh_token,
+        "refresh_expires_in": pair.refresh_expires_in,
+        "scope": "openid profile email",
+        "not-before-policy": 0,
+        "session_state": "",
+    }, headers={"Cache-Control": "no-store"})
+
+
+def _grant_error(status: int, error: str, description: str) -> JSONResponse:
+    return JSONResponse({"error": error, "error_description": description}, status_code=status)
+
+
+@router.api_route("/nbia-api/oauth/token", methods=["GET", "POST"],
+                  summary="OAuth2 token (password and refresh_token grants)")
+async def oauth_token(request: Request):
+    """Form fields (or query parameters): username, password, client_id, client_secret,
+    grant_type (password | refresh_token), refresh_token."""
+    params = await _oauth_params(request)
+    accounts = request.app.state.commons.accounts
+    grant = params.get("grant_type", "password")
+    if grant == "password":
+        username = params.get("username")
+        if not username:
+            return _grant_error(400, "invalid_request", "Missing parameter: username")
+        user = accounts.authenticate(username, params.get("password", ""))
+        if user is None:
+            return _grant_error(401, "invalid_grant", "Invalid user credentials")
+        return _token_response(accounts.issue_tokens(user))
+    if grant == "refresh_token":
+        try:
+            return _token_response(accounts.refresh(params.get("refresh_token", "")))
+        except AccountError:
+            return _grant_error(400, "invalid_grant", "Invalid refresh token")
+    return _grant_error(400, "unsupported_grant_type", f"Unsupported grant type: {grant}")
+
+
+@router.api_route("/nbia-api/logout", methods=["GET", "POST"], summary="Revoke the bearer token")
+async def logout(request: Request):
+    token = bearer_token(request)
+    if token is None or not request.app.state.commons.accounts.revoke(token):
+        raise ApiError(401, "Invalid or missing token")
+    return PlainTextResponse("You Have Logged Out successfully.")

@@ -1,0 +1,70 @@
+"""Errors an adapter raises, and how each API shapes them on the wire."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ApiError(Exception):
+    """A request answered with `status`; `not_found` feeds the IDC error envelope."""
+
+    def __init__(self, status: int, message: str, not_found: list | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.not_found = not_found or []
+        self.headers = headers
+
+
+def _is_idc(request: Request) -> bool:
+    return request.url.path.startswith("/v1")
+
+
+def idc_error(status: int, message: str, not_found: list | None = None,
+              headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"message": message, "code": status, "not_found": not_found or []},
+                        status_code=status, headers=headers)
+
+
+async def api_error_handler(request: Request, exc: ApiError):
+    if _is_idc(request):
+        return idc_error(exc.status, exc.message, exc.not_found, exc.headers)
+    return PlainTextResponse(exc.message, status_code=exc.status, headers=exc.headers)
+
+
+async def validation_error_handler(request: Request, exc: RequestValidationError):
+    """FastAPI's 422 becomes the 400 both real servers answer for malformed input."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query"))
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    message = "Invalid request: " + "; ".join(parts)
+    if _is_idc(request):
+        return idc_error(400, message)
+    return PlainTextResponse(message, status_code=400)
+
+
+async def http_error_handler(request: Request, exc: StarletteHTTPException):
+    """Routing errors (unknown path, wrong method) in the API's own shape."""
+    message = {404: f"No endpoint {request.url.path}",
+               405: f"Method {request.method} is not allowed on {request.url.path}"}.get(
+        exc.status_code, str(exc.detail))
+    if _is_idc(request):
+        return idc_error(exc.status_code, message, headers=getattr(exc, "headers", None))
+    return PlainTextResponse(message, status_code=exc.status_code,
+                             headers=getattr(exc, "headers", None))
+
+
+async def unexpected_error_handler(request: Request, exc: Exception):
+    """Last resort: a clear 500 in the API's own shape, never a stack trace."""
+    import logging
+
+    logging.getLogger("imaging_commons").exception("unhandled error on %s", request.url.path)
+    message = "Internal server error"
+    if _is_idc(request):
+        return idc_error(500, message)
+    return PlainTextResponse(message, status_code=500)

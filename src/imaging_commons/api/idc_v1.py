@@ -1,0 +1,592 @@
+"""IDC API v1 adapter: validates requests, calls the core, shapes IDC's wire format.
+
+Contract: shared/specs/idc-api-v1.md. Every JSON body carries `code` equal to the HTTP status;
+paths are served with and without a trailing slash, and at the notebook's alternate paths.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Callable
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from ..core.accounts import Forbidden, NotFound, User
+from ..core.catalog import CatalogError, normalise_collection_id
+from ..core.commons import MANIFEST_SELECTORS, Page
+from ..core.paging import InvalidPageToken
+from ..core.query import FilterError
+from ..core.results import Pending
+from ..core.schema import BY_NAME
+from .auth import optional_user, required_user
+from .errors import ApiError
+
+router = APIRouter(prefix="/v1", tags=["IDC API v1"])
+
+DEFAULT_PAGE_SIZE = 1000
+DOCS_URL = "https://learn.canceridc.dev/api/v1"
+BOOLEAN_WORDS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def route(method: str, *paths: str, include_in_schema: bool = True, **kw) -> Callable:
+    """Register a handler at each path, with and without a trailing slash; the OpenAPI lists
+    the first path once."""
+
+    def register(func):
+        for i, path in enumerate(paths):
+            for variant in (path, path + "/"):
+                listed = include_in_schema and i == 0 and variant == path
+                router.add_api_route(variant, func, methods=[method],
+                                     include_in_schema=listed, **kw)
+        return func
+
+    return register
+
+
+def ok(body: dict, status: int = 200) -> JSONResponse:
+    return JSONResponse({"code": status, **body}, status_code=status)
+
+
+# ----- input validation ------------------------------------------------------------------
+def strict_params(request: Request, allowed: set[str], wording: str) -> dict[str, str]:
+    """The query parameters, refusing any the endpoint does not know (as the real server does)."""
+    params = dict(request.query_params)
+    for key in params:
+        if key not in allowed:
+            raise ApiError(400, f"{wording} {key}")
+    return params
+
+
+def parse_bool(name: str, raw: str | None, default: bool = False) -> bool:
+    if raw is None or raw == "":
+        return default
+    value = BOOLEAN_WORDS.get(raw.strip().lower())
+    if value is None:
+        raise ApiError(400, f"Invalid value for {name}: {raw!r} (expected true or false)")
+    return value
+
+
+def parse_page_size(request: Request, raw: str | None) -> int:
+    limit = request.app.state.commons.archive.max_page_size
+    if raw is None or raw == "":
+        return DEFAULT_PAGE_SIZE
+    try:
+        size = int(raw)
+    except ValueError:
+        raise ApiError(400, f"Invalid page_size {raw!r}: expected an integer") from None
+    if not 1 <= size <= limit:
+        raise ApiError(400, f"Invalid page_size {size}: must be between 1 and {limit}")
+    return size
+
+
+async def json_body(request: Request, required: bool = True) -> dict:
+    raw = await request.body()
+    if not raw.strip():
+        if required:
+            raise ApiError(400, "A JSON request body is required")
+        return {}
+    try:
+        import json
+
+        body = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "The request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object")
+    return body
+
+
+def version_number(request: Request, label: Any) -> int:
+    try:
+        return request.app.state.commons.catalog.parse_version(label)
+    except CatalogError:
+        raise ApiError(400, f"IDC data version {label} does not exist", [str(label)]) from None
+
+
+def cohort_definition(request: Request, body: Any) -> dict:
+    """A cohort definition in either seed form: {name, description, filters} or
+    {name, description, filterSet: {idc_data_version, filters}}."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "The cohort definition must be a JSON object")
+    unknown = set(body) - {"name", "description", "filters", "filterSet"}
+    if unknown:
+        raise ApiError(400, f"Invalid key {sorted(unknown)[0]} in the cohort definition")
+    filter_set = body.get("filterSet")
+    if filter_set is not None:
+        if not isinstance(filter_set, dict) or set(filter_set) - {"filters", "idc_data_version"}:
+            raise ApiError(400, "filterSet must be an object with filters and idc_data_version")
+    filters = body.get("filters") if filter_set is None else filter_set.get("filters")
+    if not filters:
+        raise ApiError(400, "No filters were provided; a cohort needs at least one filter.")
+    if not isinstance(filters, dict):
+        raise ApiError(400, "filters must be an object mapping attribute names to values")
+    for key, values in filters.items():
+        values = values if isinstance(values, list) else [values]
+        if not values or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                                 for v in values):
+            raise ApiError(400, f"Filter {key} must be a non-empty list of strings or numbers")
+    description = body.get("description", "")
+    if description is not None and not isinstance(description, str):
+        raise ApiError(400, "description must be a string")
+    version_label = (filter_set or {}).get("idc_data_version")
+    return {
+        "name": body.get("name"),
+        "description": description or "",
+        "filters": filters,
+        "version": version_number(request, version_label),
+    }
+
+
+def filter_set(filters: dict, version: int) -> dict:
+    return {"filters": filters, "idc_data_version": f"{version}.0"}
+
+
+def normalised_filters(filters: dict) -> dict:
+    """Preview echoes show collection ids the way they were matched."""
+    return {k: ([normalise_collection_id(str(v)) for v in vals] if k.lower() == "collection_id"
+                and isinstance(vals, list) else vals) for k, vals in filters.items()}
+
+
+# ----- wire shaping ----------------------------------------------------------------------
+def wire_value(name: str, value: Any) -> Any:
+    column = BY_NAME.get(name)
+    if isinstance(value, Decimal):
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    if column is not None and column.wire_string and value is not None:
+        return str(value)
+    return value
+
+
+def wire_rows(rows: list[dict]) -> list[dict]:
+    return [{k: wire_value(k, v) for k, v in row.items()} for row in rows]
+
+
+def caller_key(user: User | None) -> str | None:
+    return user.username if user else None
+
+
+def run_page(request: Request, state: dict, user: User | None, page_size: int) -> Page | JSONResponse:
+    """One page of a paged request, or the 202 answer when the query outlives the deadline."""
+    commons = request.app.state.commons
+    try:
+        return commons.page(state, user, page_size, commons.archive.query_deadline_s)
+    except Pending:
+        token = commons.tokens.mint({**state, "offset": 0}, caller_key(user))
+        return ok({"message": "The query took longer than the allowed time to complete. Retry "
+                              "the query using the next_page token.", "next_page": token}, 202)
+    except FilterError as e:
+        raise ApiError(400, str(e), e.not_found) from None
+
+
+def next_token(request: Request, page: Page, user: User | None) -> str | None:
+    if page.next_state is None:
+        return None
+    return request.app.state.commons.tokens.mint(page.next_state, caller_key(user))
+
+
+def open_token(request: Request, token: str, user: User | None, kind: str) -> dict:
+    try:
+        state = request.app.state.commons.tokens.open(token, caller_key(user))
+    except InvalidPageToken:
+        raise ApiError(400, "Invalid next_page token") from None
+    if state.get("kind") != kind:
+        raise ApiError(400, "Invalid next_page token")
+    return state
+
+
+def manifest_body(page: Page, token: str | None, cohort: dict) -> dict:
+    return {"cohort": cohort,
+            "manifest": {"json_manifest": wire_rows(page.rows), "rowsReturned": len(page.rows),
+                         "totalFound": page.total},
+            "next_page": token}
+
+
+def query_body(page: Page, token: str | None, key: str, cohort: dict) -> dict:
+    return {key: cohort,
+            "query_results": {"json": wire_rows(page.rows), "rowsReturned": len(page.rows),
+                              "totalFound": page.total},
+            "next_page": token}
+
+
+# ----- descriptive endpoints -------------------------------------------------------------
+@route("GET", "/about", summary="About this API")
+def about(request: Request):
+    base = str(request.base_url).rstrip("/")
+    return ok({"message": "Welcome to the Imaging Commons implementation of the IDC API, "
+                          "Version 1",
+               "documentation": f"SwaggerUI interface available at {base}/v1/swagger/. "
+                                f"Documentation is available at {DOCS_URL}"})
+
+
+@router.get("/openapi.json", include_in_schema=False)
+def v1_openapi(request: Request):
+    return get_openapi(title="Imaging Commons: IDC API v1", version="1",
+                       routes=router.routes)
+
+
+@route("GET", "/swagger", include_in_schema=False)
+def swagger(request: Request) -> HTMLResponse:
+    return get_swagger_ui_html(openapi_url="/v1/openapi.json", title="IDC API v1")
+
+
+@route("GET", "/versions", summary="IDC data versions")
+def versions(request: Request):
+    strict_params(request, set(), "Invalid argument")
+    commons = request.app.state.commons
+    listing = [{
+        "idc_data_version": v.label,
+        "date_active": v.date_active,
+        "active": v.active,
+        "data_sources": commons.data_sources(v.version),
+        "programs": commons.programs(v.version),
+    } for v in commons.catalog.versions()]
+    return ok({"idc_data_versions": listing, "versions": listing})
+
+
+@route("GET", "/collections", summary="Collections of a data version")
+def collections(request: Request, user: User | None = Depends(optional_user)):
+    params = strict_params(request, {"idc_data_version"}, "Invalid argument")
+    commons = request.app.state.commons
+    number = version_number(request, params.get("idc_data_version"))
+    rows = commons.collections(number, user)
+    return ok({"collections": [{
+        "collection_id": r["collection_id"],
+        "cancer_type": r["cancer_type"],
+        "date_updated": r["date_updated"],
+        "description": r["description"],
+        "doi": r["doi"],
+        "image_types": r["image_types"],
+        "location": r["tumor_location"] or r["location"],
+        "species": r["species"],
+        "subject_count": r["subject_count"],
+        "supporting_data": r["supporting_data"],
+        "active": r["active"],
+        "idc_data_versions": [f"{v}.0" for v in r["idc_data_versions"]],
+    } for r in rows]})
+
+
+@route("GET", "/analysis_results", summary="Analysis results of a data version")
+def analysis_results(request: Request):
+    params = strict_params(request, {"idc_data_version"}, "Invalid argument")
+    commons = request.app.state.commons
+    number = version_number(request, params.get("idc_data_version"))
+    return ok({"analysisResults": [{
+        "analysis_result_id": r["analysis_result_id"],
+        "analysisArtifacts": r["modalities"],
+        "cancer_type": r["cancer_type"],
+        "collections": r["collections"],
+        "date_updated": r["date_updated"],
+        "description": r["description"],
+        "doi": r["doi"],
+        "location": r["location"],
+        "subject_count": r["subject_count"],
+        "title": r["title"],
+        "idc_data_versions": [f"{v}.0" for v in r["idc_data_versions"]],
+    } for r in commons.analysis_results(number)]})
+
+
+@route("GET", "/attributes", summary="Filter attributes of a data version")
+def attributes(request: Request):
+    params = strict_params(request, {"idc_data_version", "data_source"}, "Invalid argument")
+    commons = request.app.state.commons
+    number = version_number(request, params.get("idc_data_version"))
+    source = params.get("data_source")
+    registry = commons.attribute_registry(number, source)
+    if source and not registry:
+        raise ApiError(400, f"Data source {source} does not exist", [source])
+    label = f"{number}.0"
+    return ok({"idc_data_version": label, "data_sources": [
+        {"name": name, "attributes": [{**a, "idc_data_version": label} for a in attrs]}
+        for name, attrs in registry.items()]})
+
+
+@route("GET", "/user/account_details", "/users/account_details", summary="The caller's account")
+def account_details(user: User = Depends(required_user)):
+    details = {
+        "id": str(user.id),
+        "username": user.username,
+        "email": user.email,
+        "date_joined": user.date_joined.isoformat(),
+        "last_login": user.last_login.isoformat() if user.last_login else None,
+        "extra_data": {"id": str(user.id), "email": user.email, "verified_email": False,
+                       "name": user.username, "given_name": None, "family_name": None,
+                       "picture": None},
+    }
+    return ok({"account_details": details, "user_details": details})
+
+
+# ----- cohorts ---------------------------------------------------------------------------
+def cohort_json(cohort, permission: str | None = None) -> dict:
+    out = {"cohort_id": cohort.cohort_id, "name": cohort.name, "description": cohort.description,
+           "owner": cohort.owner, "filterSet": filter_set(cohort.filters, cohort.version)}
+    if permission:
+        out["permission"] = permission
+    return out
+
+
+@route("GET", "/cohorts", summary="The caller's cohorts")
+def list_cohorts(request: Request, user: User = Depends(required_user)):
+    accounts = request.app.state.commons.accounts
+    return ok({"cohorts": [cohort_json(c, p) for c, p in accounts.list_cohorts(user)]})
+
+
+@route("POST", "/cohorts", summary="Create a cohort")
+async def create_cohort(request: Request, user: User = Depends(required_user)):
+    strict_params(request, set(), "Invalid key")
+    commons = request.app.state.commons
+    definition = cohort_definition(request, await json_body(request))
+    name = definition["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise ApiError(400, "A name was not provided for this cohort. The cohort was not made.")
+    try:  # compile once so a cohort with bad filters is never stored
+        commons.compile_state({"kind": "manifest", "version": definition["version"],
+                               "filters": definition["filters"], "fields": []}, user)
+    except FilterError as e:
+        raise ApiError(400, str(e), e.not_found) from None
+    cohort = commons.accounts.create_cohort(user, name.strip(), definition["description"],
+                                            definition["filters"], definition["version"])
+    props = {k: v for k, v in cohort_json(cohort).items() if k != "owner"}
+    return ok({"cohort_properties": props, **props})
+
+
+def _cohort_ids(raw: Any) -> list[int]:
+    if not isinstance(raw, list) or not raw:
+        raise ApiError(400, 'Expected a body {"cohorts": [cohort ids]}')
+    ids = []
+    for item in raw:
+        try:
+            ids.append(int(item))
+        except (TypeError, ValueError):
+            raise ApiError(400, f"Invalid cohort id {item!r}", [str(item)]) from None
+    return ids
+
+
+@route("DELETE", "/cohorts", summary="Delete cohorts")
+async def delete_cohorts(request: Request, user: User = Depends(required_user)):
+    body = await json_body(request)
+    if set(body) - {"cohorts"}:
+        raise ApiError(400, f"Invalid key {sorted(set(body) - {'cohorts'})[0]}")
+    accounts = request.app.state.commons.accounts
+    return ok({"cohorts": [{"cohort_id": i, "result": accounts.delete_cohort(user, i)}
+                           for i in _cohort_ids(body.get("cohorts"))]})
+
+
+@route("DELETE", "/cohorts/{cohort_id:int}", summary="Delete a cohort")
+def delete_cohort(request: Request, cohort_id: int, user: User = Depends(required_user)):
+    accounts = request.app.state.commons.accounts
+    return ok({"cohorts": [{"cohort_id": cohort_id,
+                            "result": accounts.delete_cohort(user, cohort_id)}]})
+
+
+def saved_cohort(request: Request, user: User, cohort_id: int):
+    try:
+        cohort, _ = request.app.state.commons.accounts.get_cohort(user, cohort_id)
+    except NotFound:
+        raise ApiError(404, f"Cohort {cohort_id} not found", [str(cohort_id)]) from None
+    except Forbidden:
+        raise ApiError(403, f"You do not have permission to access cohort {cohort_id}") from None
+    return cohort
+
+
+# ----- manifests -------------------------------------------------------------------------
+MANIFEST_PARAMS = set(MANIFEST_SELECTORS) | {"sql", "page_size", "next_page"}
+
+
+def manifest_selection(params: dict) -> tuple[list[str], bool]:
+    fields = [name for name in MANIFEST_SELECTORS if parse_bool(name, params.get(name))]
+    return fields, parse_bool("sql", params.get("sql"))
+
+
+def manifest_response(request: Request, user: User | None, definition: dict, cohort: dict):
+    """First page of a manifest (or the continuation if next_page is given)."""
+    params = strict_params(request, MANIFEST_PARAMS, "Invalid key")
+    page_size = parse_page_size(request, params.get("page_size"))
+    if params.get("next_page"):
+        return manifest_next(request, user, params["next_page"], page_size)
+    fields, want_sql = manifest_selection(params)
+    if not fields:
+        raise ApiError(400, "Select at least one manifest column, e.g. GCS_URL=True")
+    state = {"kind": "manifest", "version": definition["version"],
+             "filters": definition["filters"], "fields": fields, "offset": 0}
+    page = run_page(request, state, user, page_size)
+    if isinstance(page, JSONResponse):
+        return page
+    return ok(manifest_body(page, next_token(request, page, user),
+                            {**cohort, "sql": page.sql if want_sql else ""}))
+
+
+def manifest_next(request: Request, user: User | None, token: str, page_size: int):
+    state = open_token(request, token, user, "manifest")
+    page = run_page(request, state, user, page_size)
+    if isinstance(page, JSONResponse):
+        return page
+    return ok(manifest_body(page, next_token(request, page, user), {}))
+
+
+@route("GET", "/cohorts/manifest/{cohort_id:int}", "/cohorts/{cohort_id:int}/manifest",
+       summary="Paged manifest of a saved cohort")
+def cohort_manifest(request: Request, cohort_id: int, user: User = Depends(required_user)):
+    cohort = saved_cohort(request, user, cohort_id)
+    definition = {"version": cohort.version, "filters": cohort.filters}
+    return manifest_response(request, user, definition, {
+        "cohort_id": cohort.cohort_id, "name": cohort.name, "description": cohort.description,
+        "filterSet": filter_set(cohort.filters, cohort.version)})
+
+
+@route("POST", "/cohorts/manifest/preview", "/cohorts/preview/manifest",
+       summary="Paged manifest of a cohort definition (nothing stored)")
+async def preview_manifest(request: Request, user: User | None = Depends(optional_user)):
+    params = strict_params(request, MANIFEST_PARAMS, "Invalid key")
+    if params.get("next_page"):
+        return manifest_next(request, user, params["next_page"],
+                             parse_page_size(request, params.get("page_size")))
+    definition = cohort_definition(request, await json_body(request))
+    return manifest_response(request, user, definition, {
+        "name": definition["name"], "description": definition["description"],
+        "filterSet": filter_set(normalised_filters(definition["filters"]),
+                                definition["version"])})
+
+
+@route("GET", "/cohorts/manifest/nextPage", summary="Next page of a manifest")
+def manifest_next_page(request: Request, user: User | None = Depends(optional_user)):
+    params = strict_params(request, {"next_page", "page_size"}, "Invalid query parameter")
+    if not params.get("next_page"):
+        raise ApiError(400, "The next_page parameter is required")
+    return manifest_next(request, user, params["next_page"],
+                         parse_page_size(request, params.get("page_size")))
+
+
+# ----- queries ---------------------------------------------------------------------------
+QUERY_PARAMS = {"sql", "page_size", "next_page", "fields"}
+
+
+def query_fields(body: dict, params_fields: list[str]) -> list[str]:
+    fields = body.get("fields")
+    if fields is None and isinstance(body.get("queryFields"), dict):
+        fields = body["queryFields"].get("fields")
+    if fields is None:
+        fields = params_fields
+    if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
+        raise ApiError(400, 'Give the fields to return: {"fields": ["Modality", ...]}')
+    return list(dict.fromkeys(fields))
+
+
+def query_response(request: Request, user: User | None, definition: dict, fields: list[str],
+                   cohort: dict, params: dict):
+    page_size = parse_page_size(request, params.get("page_size"))
+    want_sql = parse_bool("sql", params.get("sql"))
+    state = {"kind": "query", "version": definition["version"],
+             "filters": definition["filters"], "fields": fields, "offset": 0}
+    page = run_page(request, state, user, page_size)
+    if isinstance(page, JSONResponse):
+        return page
+    return ok(query_body(page, next_token(request, page, user), "cohort_def",
+                         {**cohort, "sql": page.sql if want_sql else ""}))
+
+
+def query_next(request: Request, user: User | None, token: str, page_size: int):
+    state = open_token(request, token, user, "query")
+    page = run_page(request, state, user, page_size)
+    if isinstance(page, JSONResponse):
+        return page
+    return ok(query_body(page, next_token(request, page, user), "cohort", {}))
+
+
+async def _cohort_query(request: Request, cohort_id: int, user: User):
+    params = strict_params(request, QUERY_PARAMS, "Invalid key")
+    if params.get("next_page"):
+        return query_next(request, user, params["next_page"],
+                          parse_page_size(request, params.get("page_size")))
+    cohort = saved_cohort(request, user, cohort_id)
+    body = await json_body(request, required=False)
+    fields = query_fields(body, request.query_params.getlist("fields"))
+    definition = {"version": cohort.version, "filters": cohort.filters}
+    fs = filter_set(cohort.filters, cohort.version)
+    return query_response(request, user, definition, fields, {
+        "cohort_id": cohort.cohort_id, "name": cohort.name, "description": cohort.description,
+        "filterSet": fs, "filters": cohort.filters}, params)
+
+
+@route("GET", "/cohorts/query/{cohort_id:int}", "/cohorts/{cohort_id:int}/query",
+       summary="Paged query of a saved cohort")
+async def cohort_query_get(request: Request, cohort_id: int, user: User = Depends(required_user)):
+    return await _cohort_query(request, cohort_id, user)
+
+
+@route("POST", "/cohorts/query/{cohort_id:int}", "/cohorts/{cohort_id:int}/query",
+       summary="Paged query of a saved cohort (fields in the body)")
+async def cohort_query_post(request: Request, cohort_id: int,
+                            user: User = Depends(required_user)):
+    return await _cohort_query(request, cohort_id, user)
+
+
+@route("POST", "/cohorts/query/preview", "/cohorts/preview/query",
+       summary="Paged query of a cohort definition (nothing stored)")
+async def preview_query(request: Request, user: User | None = Depends(optional_user)):
+    params = strict_params(request, QUERY_PARAMS, "Invalid key")
+    if params.get("next_page"):
+        return query_next(request, user, params["next_page"],
+                          parse_page_size(request, params.get("page_size")))
+    body = await json_body(request)
+    if set(body) - {"cohort_def", "queryFields", "fields"}:
+        raise ApiError(400, f"Invalid key {sorted(set(body) - {'cohort_def', 'queryFields', 'fields'})[0]}")
+    definition = cohort_definition(request, body.get("cohort_def"))
+    fields = query_fields(body, request.query_params.getlist("fields"))
+    filters = normalised_filters(definition["filters"])
+    return query_response(request, user, definition, fields, {
+        "name": definition["name"], "description": definition["description"],
+        "filterSet": filter_set(filters, definition["version"]), "filters": filters}, params)
+
+
+@route("GET", "/cohorts/query/nextPage", summary="Next page of a query")
+def query_next_page(request: Request, user: User | None = Depends(optional_user)):
+    params = strict_params(request, {"next_page", "page_size"}, "Invalid query parameter")
+    if not params.get("next_page"):
+        raise ApiError(400, "The next_page parameter is required")
+    return query_next(request, user, params["next_page"],
+                      parse_page_size(request, params.get("page_size")))
+
+
+# ----- dicomMetadata ---------------------------------------------------------------------
+def dicom_metadata_page(request: Request, user: User, state: dict, page_size: int, cohort: dict | None):
+    page = run_page(request, state, user, page_size)
+    if isinstance(page, JSONResponse):
+        return page
+    body = query_body(page, next_token(request, page, user), "cohort", cohort or {})
+    if cohort is None:
+        body.pop("cohort")
+    return ok(body)
+
+
+@route("GET", "/dicomMetadata", "/cohorts/dicomMetadata",
+       summary="Fixed instance-level metadata of every instance (paged)")
+def dicom_metadata(request: Request, user: User = Depends(required_user)):
+    params = strict_params(request, {"page_size", "next_page", "idc_data_version"}, "Invalid key")
+    page_size = parse_page_size(request, params.get("page_size"))
+    if params.get("next_page"):
+        state = open_token(request, params["next_page"], user, "dicomMetadata")
+        return dicom_metadata_page(request, user, state, page_size, {})
+    state = {"kind": "dicomMetadata", "filters": {}, "fields": [], "offset": 0,
+             "version": version_number(request, params.get("idc_data_version"))}
+    return dicom_metadata_page(request, user, state, page_size, None)
+
+
+@route("GET", "/dicomMetadata/nextPage", "/dicomMetadata/nextpage",
+       "/cohorts/dicomMetadata/nextPage", summary="Next page of dicomMetadata")
+def dicom_metadata_next(request: Request, user: User = Depends(required_user)):
+    params = strict_params(request, {"next_page", "page_size"}, "Invalid query parameter")
+    if not params.get("next_page"):
+        raise ApiError(400, "The next_page parameter is required")
+    state = open_token(request, params["next_page"], user, "dicomMetadata")
+    return dicom_metadata_page(request, user, state,
+                               parse_page_size(request, params.get("page_size")), {})
+

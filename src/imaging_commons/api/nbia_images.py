@@ -1,0 +1,242 @@
+"""NBIA image endpoints: series zips, single files, thumbnails, DICOM tags and checksums.
+
+Routes validate parameters, ask `core.downloads` which stored files are meant (and whether the
+caller may have them), and shape NBIA's wire formats; `core.imaging` does the file work.
+Zips are streamed chunk by chunk, so a series of any size costs about one chunk of memory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import (FileResponse, JSONResponse, PlainTextResponse, Response,
+                               StreamingResponse)
+from pydicom.errors import InvalidDicomError
+
+from ..core import downloads
+from ..core.accounts import User
+from ..core.downloads import Level
+from ..core.imaging import ImageUnavailable, dicom_tags, iter_zip, render_thumbnail
+from .auth import nbia_user
+from .errors import ApiError
+
+router = APIRouter(tags=["NBIA images"])
+
+SERVICES = "/nbia-api/services"
+HIERARCHY_PARAMETERS = {"SeriesInstanceUID": Level.SERIES, "StudyInstanceUID": Level.STUDY,
+                        "PatientID": Level.PATIENT, "Collection": Level.COLLECTION}
+
+
+class Parameters:
+    """What a route was sent: the query string, plus form fields on POST.
+
+    Names match case-insensitively because clients disagree (the seed itself writes
+    `SOPInstanceUid`). On v4 paths a name the route does not take is refused, as the real v4
+    API does. Empty values count as missing."""
+
+    def __init__(self, values: dict[str, str]):
+        self._values = values
+
+    def get(self, name: str) -> str | None:
+        return self._values.get(name.lower()) or None
+
+    def required(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise ApiError(400, f"A parameter, {name}, is required for this API call.")
+        return value
+
+
+def taking(*allowed: str) -> Callable:
+    """A dependency that reads a route's parameters; `allowed` lists the names it takes."""
+    known = {name.lower() for name in allowed}
+
+    async def read(request: Request) -> Parameters:
+        pairs = list(request.query_params.multi_items())
+        if request.method == "POST":
+            form = await request.form()
+            pairs += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
+        if "/v4/" in request.url.path:
+            unknown = next((name for name, _ in pairs if name.lower() not in known), None)
+            if unknown is not None:
+                raise ApiError(400, f"Invalid query parameter: '{unknown}'. Allowed parameters "
+                                    f"are: [{', '.join(allowed)}]")
+        values: dict[str, str] = {}
+        for name, value in pairs:
+            values.setdefault(name.lower(), value.strip())
+        return Parameters(values)
+
+    return read
+
+
+def serve(name: str, *prefixes: str, methods: tuple[str, ...] = ("GET",)) -> Callable:
+    """Register one handler as services/<prefix>/<name> for each prefix ('' = unversioned)."""
+
+    def register(handler: Callable) -> Callable:
+        for prefix in prefixes:
+            path = "/".join(part for part in (SERVICES, prefix, name) if part)
+            router.add_api_route(path, handler, methods=list(methods), name=path,
+                                 summary=(handler.__doc__ or "").split("\n")[0])
+        return handler
+
+    return register
+
+
+@contextmanager
+def answering_about(name: str, value: str) -> Iterator[None]:
+    """Turn the core's refusals into NBIA answers about the identifier the caller sent."""
+    try:
+        yield
+    except downloads.NotGranted:
+        raise ApiError(400, f"The user has not been granted the access to image with given "
+                            f"{name},{value}. Please contact System Admin to resolve this "
+                            f"issue.") from None
+    except downloads.NotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    except ImageUnavailable as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def new_file_names(count: int) -> list[str]:
+    """NBIA's NewFileNames: `<acquisition>-<position>.dcm`, the position zero-padded to the
+    width of the image count (1-1.dcm for one image, 1-01.dcm ... 1-50.dcm for fifty). The
+    catalogue keeps no AcquisitionNumber, so every image counts as acquisition 1."""
+    width = len(str(count))
+    return [f"1-{position:0{width}d}.dcm" for position in range(1, count + 1)]
+
+
+def tags_response(instance: downloads.StoredInstance) -> JSONResponse:
+    """The tag listing of a stored file. `dicom_tags` reads only DICOM Part 10 files (with a
+    file meta header), while ingest also keeps older headerless files: say so clearly."""
+    try:
+        return JSONResponse(dicom_tags(instance.path))
+    except InvalidDicomError:
+        raise ApiError(500, f"Cannot list the tags of image {instance.sop_instance_uid}: its "
+                            f"stored file has no DICOM file meta header") from None
+
+
+def zip_response(series_uid: str, entries: list[tuple[str, Path | bytes]]) -> StreamingResponse:
+    return StreamingResponse(iter_zip(entries), media_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="{series_uid}.zip"'})
+
+
+def series_files(request: Request, user: User, series_uid: str) -> downloads.SeriesFiles:
+    with answering_about("SeriesInstanceUID", series_uid):
+        return downloads.series_files(request.app.state.commons, user, series_uid)
+
+
+def series_instance(request: Request, user: User, series_uid: str,
+                    sop_uid: str) -> downloads.StoredInstance:
+    with answering_about("SeriesInstanceUID", series_uid):
+        return downloads.series_instance(request.app.state.commons, user, series_uid, sop_uid)
+
+
+@serve("getImage", "v1", "v2", "v4")
+def get_image(request: Request, user: User = Depends(nbia_user),
+              params: Parameters = Depends(taking("SeriesInstanceUID", "NewFileNames"))):
+    """A series as a zip: LICENSE first, then its images in InstanceNumber order.
+
+    Images are named `<SOPInstanceUID>.dcm`, or `1-01.dcm`, `1-02.dcm`, ... with
+    NewFileNames=Yes (what tcia_utils asks for)."""
+    series_uid = params.required("SeriesInstanceUID")
+    series = series_files(request, user, series_uid)
+    if (params.get("NewFileNames") or "").lower() == "yes":
+        names = new_file_names(len(series.instances))
+    else:
+        names = [f"{i.sop_instance_uid}.dcm" for i in series.instances]
+    images = [(name, i.path) for name, i in zip(names, series.instances)]
+    return zip_response(series_uid, [("LICENSE", series.license_text.encode())] + images)
+
+
+@serve("getImageWithMD5Hash", "v1", "v2", "v4")
+def get_image_with_md5_hash(request: Request, user: User = Depends(nbia_user),
+                            params: Parameters = Depends(taking("SeriesInstanceUID"))):
+    """A series as a zip of `00000001.dcm`, ... in InstanceNumber order, then `md5hashes.csv`.
+
+    The CSV (`Filename,MD5Hash`) gives the md5 recorded when each file was ingested, so a
+    client that checks it detects any change to the bytes since, on disk or on the wire."""
+    series_uid = params.required("SeriesInstanceUID")
+    series = series_files(request, user, series_uid)
+    names = [f"{position:08d}.dcm" for position in range(1, len(series.instances) + 1)]
+    csv = "Filename,MD5Hash\n" + "".join(
+        f"{name},{i.md5}\n" for name, i in zip(names, series.instances))
+    images = [(name, i.path) for name, i in zip(names, series.instances)]
+    return zip_response(series_uid, images + [("md5hashes.csv", csv.encode())])
+
+
+@serve("getSingleImage", "v1", "v2", "v4")
+def get_single_image(request: Request, user: User = Depends(nbia_user),
+                     params: Parameters = Depends(taking("SeriesInstanceUID",
+                                                         "SOPInstanceUID"))):
+    """One image of a series, as the stored DICOM file."""
+    sop_uid = params.required("SOPInstanceUID")
+    instance = series_instance(request, user, params.required("SeriesInstanceUID"), sop_uid)
+    return FileResponse(instance.path, media_type="application/dicom",
+                        filename=f"{sop_uid}.dcm")
+
+
+@serve("getThumbnail", "", "v4", methods=("GET", "POST"))
+def get_thumbnail(request: Request, user: User = Depends(nbia_user),
+                  params: Parameters = Depends(taking("seriesUID", "objectUID"))):
+    """A JPEG of an image's first frame, windowed, longest side at most 512 pixels.
+
+    An object without displayable pixels (a report, a plan) is a 400, as on NBIA."""
+    series_uid = params.required("seriesUID")
+    instance = series_instance(request, user, series_uid, params.required("objectUID"))
+    with answering_about("SeriesInstanceUID", series_uid):
+        return Response(render_thumbnail(instance.path), media_type="image/jpeg")
+
+
+@serve("getDicomTags", "", "v4")
+def get_dicom_tags(request: Request, user: User = Depends(nbia_user),
+                   params: Parameters = Depends(taking("SeriesUID"))):
+    """Every element of a series' first image (by InstanceNumber): [{element, name, data}],
+    items of sequences prefixed with one `>` per level."""
+    series_uid = params.required("SeriesUID")
+    with answering_about("SeriesInstanceUID", series_uid):
+        first = downloads.series_instances(request.app.state.commons, user, series_uid)[0]
+    return tags_response(first)
+
+
+@serve("getDicomTagsByImageID", "", "v4")
+def get_dicom_tags_by_image_id(request: Request, user: User = Depends(nbia_user),
+                               params: Parameters = Depends(taking("imageID"))):
+    """Every element of one image, addressed by its integer id (imagePkId)."""
+    text = params.required("imageID")
+    if not re.fullmatch(r"[0-9]{1,30}", text):
+        raise ApiError(400, "imageID must be an image's integer id (its imagePkId)")
+    with answering_about("imageID", text):
+        instance = downloads.instance_by_image_id(request.app.state.commons, user, int(text))
+    return tags_response(instance)
+
+
+@serve("getM5HashForImage", "v2", "v4")
+def get_md5_hash_for_image(request: Request, user: User = Depends(nbia_user),
+                           params: Parameters = Depends(taking("SOPInstanceUid"))):
+    """The md5 of one stored image file, as text (the endpoint's name is NBIA's spelling)."""
+    sop_uid = params.required("SOPInstanceUid")
+    with answering_about("SOPInstanceUID", sop_uid):
+        instance = downloads.instance_by_sop_uid(request.app.state.commons, user, sop_uid)
+    return PlainTextResponse(instance.md5)
+
+
+@serve("getMD5Hierarchy", "", "v4", methods=("GET", "POST"))
+def get_md5_hierarchy(request: Request, user: User = Depends(nbia_user),
+                      params: Parameters = Depends(taking(*HIERARCHY_PARAMETERS))):
+    """One md5 over every file below a series, study, patient or collection, as text.
+
+    It is the md5 of the files' md5 hex digests sorted and joined by newlines, so it changes
+    exactly when a file below changes. Give one level; Collection may also narrow PatientID."""
+    given = {name: params.get(name) for name in HIERARCHY_PARAMETERS if params.get(name)}
+    if len(given) != 1 and given.keys() != {"PatientID", "Collection"}:
+        raise ApiError(400, "Give exactly one of SeriesInstanceUID, StudyInstanceUID, "
+                            "PatientID or Collection (Collection may also narrow PatientID).")
+    name = "PatientID" if "PatientID" in given else next(iter(given))
+    with answering_about(name, given[name]):
+        digest = downloads.md5_hierarchy(request.app.state.commons, user,
+                                         {HIERARCHY_PARAMETERS[n]: v for n, v in given.items()})
+    return PlainTextResponse(digest)

@@ -1,0 +1,63 @@
+"""Where an archive lives and how it is configured: one object every command and the server share."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ARCHIVE_ENV = "IMAGING_COMMONS_ARCHIVE"
+ACCOUNTS_URL_ENV = "IMAGING_COMMONS_ACCOUNTS_URL"
+SECRET_ENV = "IMAGING_COMMONS_SECRET"
+
+
+@dataclass
+class Archive:
+    """An archive directory: catalogue (Parquet segments + version manifests), blobs, accounts."""
+
+    root: Path
+    accounts_url: str | None = None
+    token_lifetime_s: int = 7200
+    query_deadline_s: float = 30.0
+    max_page_size: int = 65536
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).resolve()
+
+    @classmethod
+    def from_env(cls, root: str | os.PathLike | None = None, **overrides) -> "Archive":
+        root = root or os.environ.get(ARCHIVE_ENV) or "archive"
+        overrides.setdefault("accounts_url", os.environ.get(ACCOUNTS_URL_ENV))
+        return cls(Path(root), **overrides)
+
+    @property
+    def catalog_dir(self) -> Path:
+        return self.root / "catalog"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.root / "blobs"
+
+    @property
+    def database_url(self) -> str:
+        return self.accounts_url or f"sqlite:///{self.root / 'accounts.sqlite'}"
+
+    @property
+    def secret_file(self) -> Path:
+        return self.root / "secret.key"
+
+    def secret(self) -> bytes:
+        """The server's signing/encryption key (Fernet format), made once per archive."""
+        env = os.environ.get(SECRET_ENV)
+        if env:
+            return env.encode()
+        if not self.secret_file.exists():
+            from cryptography.fernet import Fernet
+
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = self.secret_file.with_suffix(".tmp")
+            tmp.write_bytes(Fernet.generate_key())
+            tmp.chmod(0o600)
+            os.replace(tmp, self.secret_file)
+        return self.secret_file.read_bytes().strip()

@@ -1,0 +1,304 @@
+"""Catalogue storage and data versions.
+
+The catalogue is a set of immutable Parquet files ("segments") plus one JSON manifest per
+published version naming the files it is made of. Every item row carries the range of
+versions it belongs to (`version_min`..`version_max`, open-ended when null), so one segment can
+serve many versions (the IDC import holds 25 releases in one file) and a version is the union
+of its segments filtered by that range. Publishing writes new files, then flips
+`published.json` with one atomic rename: a crash at any moment leaves the published versions
+exactly as they were.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from ..config import Archive
+from .schema import COLUMNS, SQL_TYPES
+
+ITEM_COLUMNS = [c.name for c in COLUMNS]
+
+COLLECTION_COLUMNS = {
+    "collection_id": "VARCHAR",
+    "collection_name": "VARCHAR",
+    "cancer_type": "VARCHAR",
+    "tumor_location": "VARCHAR",
+    "species": "VARCHAR",
+    "subject_count": "BIGINT",
+    "doi": "VARCHAR",
+    "description": "VARCHAR",
+    "program": "VARCHAR",
+    "image_types": "VARCHAR",
+    "supporting_data": "VARCHAR",
+    "status": "VARCHAR",
+    "date_updated": "VARCHAR",
+    "license_short_name": "VARCHAR",
+    "license_long_name": "VARCHAR",
+    "license_url": "VARCHAR",
+    "location": "VARCHAR",
+    "restricted": "BOOLEAN",
+}
+
+ANALYSIS_RESULT_COLUMNS = {
+    "analysis_result_id": "VARCHAR",
+    "title": "VARCHAR",
+    "doi": "VARCHAR",
+    "location": "VARCHAR",
+    "subject_count": "BIGINT",
+    "collections": "VARCHAR",
+    "modalities": "VARCHAR",
+    "cancer_type": "VARCHAR",
+    "date_updated": "VARCHAR",
+    "license_short_name": "VARCHAR",
+    "description": "VARCHAR",
+}
+
+
+class CatalogError(Exception):
+    """A catalogue operation that cannot be done as asked (unknown version, nothing staged...)."""
+
+
+@dataclass(frozen=True)
+class Version:
+    version: int
+    date_active: str
+    active: bool
+    manifest: dict
+
+    @property
+    def label(self) -> str:
+        """The wire form of a version, as IDC writes it ("25.0")."""
+        return f"{self.version}.0"
+
+
+def items_select(con: duckdb.DuckDBPyConnection, source_sql: str) -> str:
+    """A SELECT that shapes any relation into the item schema, in schema column order:
+    columns the source lacks become typed NULLs."""
+    present = {d[0] for d in con.execute(f"SELECT * FROM ({source_sql}) LIMIT 0").description}
+    cols = ", ".join(
+        f"CAST({_q(c) if c in present else 'NULL'} AS {SQL_TYPES[c]}) AS {_q(c)}"
+        for c in ITEM_COLUMNS
+    )
+    return f"SELECT {cols} FROM ({source_sql})"
+
+
+def empty_items_sql() -> str:
+    return "SELECT " + ", ".join(
+        f"CAST(NULL AS {SQL_TYPES[c]}) AS {_q(c)}" for c in ITEM_COLUMNS
+    ) + " WHERE false"
+
+
+def normalise_collection_id(name: str) -> str:
+    """IDC's collection_id form: lower case, '-' and ' ' become '_' (TCGA-LUAD -> tcga_luad)."""
+    return re.sub(r"[-\s]", "_", name.strip().lower())
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def copy_to_parquet(con: duckdb.DuckDBPyConnection, select_sql: str, path: Path,
+                    params: list | None = None) -> None:
+    """Write a query result to a Parquet file atomically (temp name, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    con.execute(f"COPY ({select_sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)", params or [])
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Catalog:
+    """Reads and writes the catalogue of one archive. Thread-safe for readers."""
+
+    def __init__(self, archive: Archive):
+        self.archive = archive
+        self.dir = archive.catalog_dir
+        self.segments_dir = self.dir / "segments"
+        self.versions_dir = self.dir / "versions"
+        self.staging_dir = self.dir / "staging"
+        for d in (self.segments_dir, self.versions_dir, self.staging_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._loaded: dict[str, str] = {}  # file name -> in-memory table name
+        self._published_mtime: float | None = None
+        self._published: dict = {}
+
+    # ----- published versions -------------------------------------------------------------
+    @property
+    def published_file(self) -> Path:
+        return self.dir / "published.json"
+
+    def _state(self) -> dict:
+        try:
+            mtime = self.published_file.stat().st_mtime_ns
+        except FileNotFoundError:
+            return {"versions": [], "active": None}
+        if mtime != self._published_mtime:
+            self._published = json.loads(self.published_file.read_text())
+            self._published_mtime = mtime
+        return self._published
+
+    def versions(self) -> list[Version]:
+        state = self._state()
+        return [self.version(v) for v in state["versions"]]
+
+    def active_version(self) -> int:
+        active = self._state()["active"]
+        if active is None:
+            raise CatalogError("No published version yet: run `imaging-commons import-idc` or "
+                               "`imaging-commons ingest ... --publish` first.")
+        return active
+
+    def version(self, number: int) -> Version:
+        state = self._state()
+        if number not in state["versions"]:
+            raise CatalogError(f"Unknown data version {number}")
+        manifest = json.loads((self.versions_dir / f"{number}.json").read_text())
+        return Version(number, manifest["date_active"], number == state["active"], manifest)
+
+    def parse_version(self, label: str | int | None) -> int:
+        """Accept "25", "25.0", "v25" or 25; None means the active version."""
+        if label is None or label == "":
+            return self.active_version()
+        text = str(label).strip().lower().removeprefix("v")
+        try:
+            number = float(text)
+        except ValueError:
+            raise CatalogError(f"Unknown data version {label}") from None
+        if not number.is_integer() or int(number) not in self._state()["versions"]:
+            raise CatalogError(f"Unknown data version {label}")
+        return int(number)
+
+    def publish_version(self, manifest: dict, number: int | None = None,
+                        active: bool = True) -> int:
+        """Make a version visible. Files named by the manifest must already be in place."""
+        with self._lock:
+            state = dict(self._state())
+            versions = list(state["versions"])
+            number = number if number is not None else (max(versions, default=0) + 1)
+            if number in versions:
+                raise CatalogError(f"Version {number} is already published and is immutable")
+            manifest = {**manifest, "version": number}
+            manifest.setdefault("date_active", dt.date.today().isoformat())
+            write_json_atomic(self.versions_dir / f"{number}.json", manifest)
+            versions.append(number)
+            versions.sort()
+            new_active = number if active or state["active"] is None else state["active"]
+            write_json_atomic(self.published_file, {"versions": versions, "active": new_active})
+            return number
+
+    def new_segment_path(self, prefix: str) -> Path:
+        return self.segments_dir / f"{prefix}-{uuid.uuid4().hex[:12]}.parquet"
+
+    # ----- query engine -------------------------------------------------------------------
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """A cursor on the shared in-memory DuckDB database that holds the loaded segments."""
+        with self._lock:
+            if self._con is None:
+                self._con = duckdb.connect(":memory:", config={"threads": os.cpu_count() or 2})
+            return self._con.cursor()
+
+    def _table_for(self, file_name: str) -> str:
+        """Load a segment into memory once; segments are immutable so the copy never goes stale."""
+        with self._lock:
+            if file_name not in self._loaded:
+                table = "seg_" + Path(file_name).stem.replace("-", "_").replace(".", "_")
+                con = self.connection()
+                path = self.segments_dir / file_name
+                con.execute(f"CREATE OR REPLACE TABLE {_q(table)} AS "
+                            f"SELECT * FROM read_parquet('{path}')")
+                self._loaded[file_name] = table
+            return self._loaded[file_name]
+
+    def relation(self, number: int, kind: str) -> str:
+        """Name of a view over one kind of table ('items', 'collections', 'analysis_results')
+        of a version; created on first use."""
+        view = f"{kind}_v{number}"
+        with self._lock:
+            if view in self._loaded:
+                return view
+            manifest = self.version(number).manifest
+            files = manifest.get(kind) or []
+            if kind == "items":
+                parts = [
+                    f"SELECT * FROM {_q(self._table_for(f))} WHERE version_min <= {int(number)} "
+                    f"AND (version_max IS NULL OR version_max >= {int(number)})"
+                    for f in files
+                ] or [empty_items_sql()]
+            else:
+                parts = [
+                    f"SELECT * FROM {_q(self._table_for(f))} "
+                    f"WHERE list_contains(idc_data_versions, {int(number)})"
+                    for f in files
+                ]
+                if not parts:
+                    raise CatalogError(f"Version {number} has no {kind} table")
+            self.connection().execute(
+                f"CREATE OR REPLACE VIEW {_q(view)} AS " + " UNION ALL BY NAME ".join(parts))
+            self._loaded[view] = view
+            return view
+
+    def clinical_tables(self, number: int) -> list[dict]:
+        """Clinical sources of a version: [{source, collection_id, table, columns:{name:type}}]."""
+        out = []
+        for entry in self.version(number).manifest.get("clinical", []):
+            table = self._table_for(entry["file"])
+            out.append({**entry, "table": table})
+        return out
+
+    def restricted_collections(self, number: int) -> frozenset[str]:
+        con = self.connection()
+        rows = con.execute(
+            f"SELECT collection_id FROM {self.relation(number, 'collections')} WHERE restricted"
+        ).fetchall()
+        return frozenset(r[0] for r in rows)
+
+    # ----- staging ------------------------------------------------------------------------
+    @property
+    def stage_file(self) -> Path:
+        return self.staging_dir / "stage.json"
+
+    def stage(self) -> dict:
+        if self.stage_file.exists():
+            return json.loads(self.stage_file.read_text())
+        return {}
+
+    def write_stage(self, stage: dict) -> None:
+        write_json_atomic(self.stage_file, stage)
+
+    def clear_stage(self) -> None:
+        shutil.rmtree(self.staging_dir, ignore_errors=True)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+
+
+def stable_pk(uid: str) -> int:
+    """A stable integer key for a UID (NBIA's APIs address series and images by integer id):
+    52 bits of its md5, so it survives any re-import and fits a JSON number exactly."""
+    import hashlib
+
+    return int.from_bytes(hashlib.md5(uid.encode()).digest()[:8], "little") >> 12
+
+
+def stable_pk_sql(column_sql: str) -> str:
+    """The same key computed inside DuckDB, so a query can filter on it."""
+    return f"(md5_number_upper({column_sql}) >> 12)"

@@ -1,0 +1,205 @@
+"""The core's front door: one object per archive that the HTTP adapters and the CLI call.
+
+It ties the catalogue, the query layer, materialised results, page tokens and accounts
+together, and applies the visibility rule (restricted collections) in one place.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import cached_property
+
+from sqlglot import exp
+
+from ..config import Archive
+from .accounts import Accounts, User
+from .catalog import Catalog, CatalogError
+from .paging import PageTokens
+from .query import Compiled, FilterError, attributes, col, compile_select
+from .results import Pending, ResultStore
+from .schema import CONTINUOUS_NUMERIC, DICOM_METADATA_COLUMNS
+
+GUID_PREFIX = "dg.4DFC/"
+
+# IDC manifest column selectors, in the order rows are sorted by
+MANIFEST_SELECTORS: dict[str, exp.Expression] = {
+    "CRDC_Study_GUID": exp.DPipe(this=exp.Literal.string(GUID_PREFIX), expression=col("crdc_study_uuid")),
+    "CRDC_Series_GUID": exp.DPipe(this=exp.Literal.string(GUID_PREFIX), expression=col("crdc_series_uuid")),
+    "CRDC_Instance_GUID": exp.DPipe(this=exp.Literal.string(GUID_PREFIX), expression=col("crdc_instance_uuid")),
+    "GCS_URL": col("gcs_url"),
+    "Collection_ID": col("collection_id"),
+    "Patient_ID": col("PatientID"),
+    "StudyInstanceUID": col("StudyInstanceUID"),
+    "SeriesInstanceUID": col("SeriesInstanceUID"),
+    "SOPInstanceUID": col("SOPInstanceUID"),
+    "Source_DOI": col("source_DOI"),
+}
+RANGE_SUFFIXES = ("eq", "gt", "gte", "lt", "lte", "btw", "ebtw", "btwe", "ebtwe")
+DICOM_METADATA_ORDER = ("collection_id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+                        "SOPInstanceUID")
+UID_FIELDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID",
+              "crdc_study_uuid", "crdc_series_uuid", "crdc_instance_uuid", "gcs_url")
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[dict]
+    total: int
+    next_state: dict | None
+    sql: str
+
+
+class Commons:
+    def __init__(self, archive: Archive):
+        self.archive = archive
+        self.catalog = Catalog(archive)
+        self.results = ResultStore(self.catalog)
+        self._attr_cache: dict[int, set[str]] = {}
+        self._lock = threading.Lock()
+
+    @cached_property
+    def accounts(self) -> Accounts:
+        return Accounts(self.archive.database_url, token_lifetime_s=self.archive.token_lifetime_s)
+
+    @cached_property
+    def tokens(self) -> PageTokens:
+        return PageTokens(self.archive.secret())
+
+    # ----- visibility ---------------------------------------------------------------------
+    def hidden_collections(self, user: User | None, version: int) -> frozenset[str]:
+        """Restricted collections of a version that the caller has no grant for."""
+        restricted = self.catalog.restricted_collections(version)
+        if not restricted or (user is not None and user.is_admin):
+            return frozenset()
+        granted = self.accounts.granted_collections(user) if user else frozenset()
+        return restricted - granted
+
+    # ----- descriptive endpoints ----------------------------------------------------------
+    def collections(self, version: int, user: User | None) -> list[dict]:
+        hidden = self.hidden_collections(user, version)
+        con = self.catalog.connection()
+        items = self.catalog.relation(version, "items")
+        rel = self.catalog.relation(version, "collections")
+        cur = con.execute(f"""
+            SELECT c.* REPLACE (
+                       coalesce(c.subject_count, s.subjects) AS subject_count,
+                       list_filter(c.idc_data_versions, v -> v <= {version}) AS idc_data_versions),
+                   {version} = (SELECT max(v) FROM (SELECT unnest(c.idc_data_versions) v)) AS active
+            FROM {rel} c LEFT JOIN (
+                SELECT collection_id, count(DISTINCT PatientID) AS subjects FROM {items}
+                WHERE collection_id IN (SELECT collection_id FROM {rel} WHERE subject_count IS NULL)
+                GROUP BY 1) s USING (collection_id)
+            ORDER BY c.collection_id""")
+        names = [d[0] for d in cur.description]
+        return [r for r in (dict(zip(names, row)) for row in cur.fetchall())
+                if r["collection_id"] not in hidden]
+
+    def analysis_results(self, version: int) -> list[dict]:
+        if not self.catalog.version(version).manifest.get("analysis_results"):
+            return []
+        con = self.catalog.connection()
+        cur = con.execute(f"""
+            SELECT * REPLACE (list_filter(idc_data_versions, v -> v <= {version})
+                              AS idc_data_versions)
+            FROM {self.catalog.relation(version, 'analysis_results')} ORDER BY 1""")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def populated_columns(self, version: int) -> set[str]:
+        """Item columns with at least one value in a version: the registry lists only those."""
+        with self._lock:
+            if version not in self._attr_cache:
+                con = self.catalog.connection()
+                rel = self.catalog.relation(version, "items")
+                names = [d[0] for d in con.execute(f"SELECT * FROM {rel} LIMIT 0").description]
+                counts = con.execute(
+                    "SELECT " + ", ".join(f'count("{n}")' for n in names) + f" FROM {rel}"
+                ).fetchone()
+                self._attr_cache[version] = {n for n, c in zip(names, counts) if c}
+            return self._attr_cache[version]
+
+    def attribute_registry(self, version: int, data_source: str | None = None) -> dict[str, list[dict]]:
+        """data source name -> attributes (name, data_type, units), range-suffixed names included
+        for continuous ones."""
+        populated = self.populated_columns(version)
+        out: dict[str, list[dict]] = {}
+        for attr in attributes(self.catalog, version).values():
+            if attr.table is None and attr.name not in populated:
+                continue
+            if data_source and attr.source != data_source:
+                continue
+            names = [attr.name]
+            if attr.data_type == CONTINUOUS_NUMERIC:
+                names += [f"{attr.name}_{s}" for s in RANGE_SUFFIXES]
+            out.setdefault(attr.source, []).extend(
+                {"name": n, "data_type": attr.data_type, "units": attr.units} for n in names)
+        return out
+
+    def data_sources(self, version: int) -> list[dict]:
+        sources = [{"name": "dicom_pivot", "data_type": "Image Data"}]
+        sources += [{"name": f"clinical.{c['source']}", "data_type": "Clinical, Biospecimen, "
+                     "and Mutation Data"} for c in self.catalog.version(version).manifest.get("clinical", [])]
+        return sources
+
+    def programs(self, version: int) -> list[str]:
+        con = self.catalog.connection()
+        rel = self.catalog.relation(version, "collections")
+        return [r[0] for r in con.execute(
+            f"SELECT DISTINCT program FROM {rel} WHERE program IS NOT NULL ORDER BY 1").fetchall()]
+
+    # ----- paged queries ------------------------------------------------------------------
+    def compile_state(self, state: dict, user: User | None) -> Compiled:
+        """Compile a paged request's state (kind, version, filters, fields) for this caller."""
+        version = state["version"]
+        hidden = self.hidden_collections(user, version)
+        kind = state["kind"]
+        if kind == "manifest":
+            outputs = [(name, MANIFEST_SELECTORS[name]) for name in state["fields"]]
+            return compile_select(self.catalog, version, state["filters"], outputs, hidden)
+        if kind == "query":
+            return compile_select(self.catalog, version, state["filters"],
+                                  self.query_outputs(version, state["fields"]), hidden)
+        if kind == "dicomMetadata":
+            outputs = [(c, col(c)) for c in DICOM_METADATA_ORDER] + [
+                (c, col(c)) for c in DICOM_METADATA_COLUMNS if c not in DICOM_METADATA_ORDER]
+            return compile_select(self.catalog, version, {}, outputs, hidden, distinct=False,
+                                  extra_where=exp.EQ(this=col("level"),
+                                                     expression=exp.Literal.string("instance")))
+        raise CatalogError(f"Unknown result kind {kind}")
+
+    def query_outputs(self, version: int, fields: list[str]) -> list[tuple[str, exp.Expression]]:
+        attrs = attributes(self.catalog, version)
+        by_lower = {k.lower(): a for k, a in attrs.items()}
+        unknown = [f for f in fields if f.lower() not in by_lower and f not in UID_FIELDS]
+        if unknown:
+            raise FilterError(f"Invalid field(s): {', '.join(unknown)}", unknown)
+        outputs = []
+        for f in fields:
+            attr = by_lower.get(f.lower())
+            if attr is None or attr.table is None:
+                outputs.append((attr.name if attr else f, col(attr.name if attr else f)))
+            else:  # a clinical value of the row's patient
+                sub = exp.select(exp.func("min", col(attr.name, "clin"))).from_(
+                    exp.to_table(attr.table, quoted=True).as_("clin")).where(
+                    exp.EQ(this=col("PatientID", "clin"),
+                           expression=col("PatientID", self.catalog.relation(version, "items"))))
+                outputs.append((attr.name, exp.Subquery(this=sub)))
+        return outputs
+
+    def page(self, state: dict, user: User | None, page_size: int,
+             deadline_s: float | None) -> Page:
+        """One page of a paged request. Raises Pending when the first run passes the deadline."""
+        compiled = self.compile_state(state, user)
+        result = self.results.run(compiled, deadline_s)
+        offset = int(state.get("offset", 0))
+        rows = self.results.page(result, offset, page_size)
+        end = offset + len(rows)
+        next_state = {**state, "offset": end} if end < result.total else None
+        sql = result.sql
+        if compiled.params:
+            sql += "\n-- parameters: " + ", ".join(repr(p) for p in compiled.params)
+        return Page(rows, result.total, next_state, sql)
+
+
+__all__ = ["Commons", "Page", "Pending", "FilterError", "CatalogError", "MANIFEST_SELECTORS"]

@@ -1,0 +1,331 @@
+"""Turn one DICOM file's header into the DICOM-derived columns of a catalogue instance row.
+
+The archive-assigned columns (collection, UUIDs, URLs, sizes, versions, ...) are left to the
+ingest code; everything here comes from the file alone, typed as the schema's ``sql_type``
+says, so a row can go into the catalogue without further conversion.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import re
+import struct
+from os import PathLike
+from typing import BinaryIO
+
+import highdicom as hd
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
+)
+
+from imaging_commons.core.schema import COLUMNS, SQL_TYPES
+
+__all__ = ["ARCHIVE_COLUMNS", "DICOM_COLUMNS", "NotDicom", "instance_row", "read_header"]
+
+# Set by the ingest code, never read from the file.
+ARCHIVE_COLUMNS = frozenset({
+    "collection_id", "crdc_instance_uuid", "crdc_series_uuid", "crdc_study_uuid", "gcs_url",
+    "license_short_name", "program", "source_DOI", "tcia_species", "tcia_tumorLocation",
+    "analysis_result_id", "instance_md5", "instance_size", "instance_count",
+    "series_size_bytes", "blob_key", "level", "version_min", "version_max",
+})
+DICOM_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.name not in ARCHIVE_COLUMNS)
+
+# TID 1500 measurement columns, filled by concept name. DOUBLE columns take numeric
+# measurements, VARCHAR ones qualitative evaluations (Sphericity takes either).
+# SUVbw is one of them: in IDC it is a lesion's SUV from a measurement report. A PET image
+# only yields a Bq/ml-to-SUV scale factor, which is not that value, so none is computed.
+_MEASUREMENT_COLUMNS = (
+    "Apparent_Diffusion_Coefficient", "Diameter", "SUVbw", "Surface_area_of_mesh",
+    "Total_Lesion_Glycolysis", "Volume", "Standardized_Added_Metabolic_Activity",
+    "Standardized_Added_Metabolic_Activity_Background",
+    *(f"{kind}_Within_{q}_Quarter_of_Intensity_Range"
+      for kind in ("Glycolysis", "Percent") for q in ("First", "Second", "Third", "Fourth")),
+    "Calcification", "Internal_structure", "Lobular_Pattern", "Malignancy", "Margin",
+    "Sphericity", "Spiculation", "Subtlety_score", "Texture",
+)
+_SEGMENT_COLUMNS = ("SegmentNumber", "SegmentedPropertyCategoryCodeSequence",
+                    "SegmentedPropertyTypeCodeSequence", "SegmentAlgorithmType")
+# Every other DICOM column is named after the DICOM keyword it is read from.
+_KEYWORD_COLUMNS = tuple(
+    name for name in DICOM_COLUMNS
+    if name not in {*_MEASUREMENT_COLUMNS, *_SEGMENT_COLUMNS, "StudyDate", "SeriesDate",
+                    "TransferSyntaxUID", "AnatomicRegionSequence"}
+)
+
+_REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_SR_CLASSES = {
+    EnhancedSRStorage: hd.sr.EnhancedSR,
+    ComprehensiveSRStorage: hd.sr.ComprehensiveSR,
+    Comprehensive3DSRStorage: hd.sr.Comprehensive3DSR,
+}
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_NO_PREAMBLE = "not a DICOM file (no DICM preamble)"
+
+
+class NotDicom(Exception):
+    """The file cannot give a catalogue row; ``str()`` is a one-line reason for the skip log."""
+
+
+def read_header(path: str | PathLike) -> pydicom.Dataset:
+    """Read a file's header (no pixel data), refusing what cannot become a catalogue row.
+
+    Raises NotDicom for non-DICOM files, truncated or corrupt ones, and files lacking any of
+    the Study/Series/SOP Instance UIDs. Errors opening the path itself (missing file,
+    permissions) propagate: they say nothing about the file's content. A value that is merely
+    invalid for its VR does not reject the file: instance_row reads it as None instead.
+
+    Files without the 128-byte preamble and "DICM" prefix (older writers, raw datasets) are
+    accepted only if a forced read finds valid-looking Study/Series/SOP Instance UIDs and a
+    SOP Class UID: a forced read parses almost any bytes, and those four elements are what
+    tells a headerless dataset from text or binary that happens to parse.
+    """
+    with open(path, "rb") as fp:
+        forced = False
+        try:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        except InvalidDicomError:
+            ds, forced = _forced_read(fp), True
+        except Exception as exc:
+            raise NotDicom(_one_line(f"truncated or corrupt: {exc}")) from exc
+        problem = _truncation(ds, fp)  # before _get converts (and so alters) the last element
+    if forced and not all(_is_uid(_get(ds, kw)) for kw in (*_REQUIRED_UIDS, "SOPClassUID")):
+        raise NotDicom(_NO_PREAMBLE)
+    if problem:
+        raise NotDicom(_one_line(f"truncated or corrupt: {problem}"))
+    missing = [kw for kw in _REQUIRED_UIDS if _convert(_get(ds, kw), "VARCHAR") is None]
+    if missing:
+        raise NotDicom(f"missing {', '.join(missing)}")
+    return ds
+
+
+def _forced_read(fp: BinaryIO) -> pydicom.Dataset:
+    """Read a file lacking the DICM prefix as a bare dataset, if pydicom can at all.
+
+    defer_size keeps a forced read of a large non-DICOM file from loading bogus huge values.
+    """
+    fp.seek(0)
+    try:
+        return pydicom.dcmread(fp, stop_before_pixels=True, force=True, defer_size="1 MB")
+    except Exception as exc:
+        raise NotDicom(_NO_PREAMBLE) from exc
+
+
+def _is_uid(value: object) -> bool:
+    text = str(value or "").strip()
+    return len(text) <= 64 and _UID.fullmatch(text) is not None
+
+
+def _truncation(ds: pydicom.Dataset, fp: BinaryIO) -> str | None:
+    """Why the parsed data does not end where the file does, if it does not.
+
+    pydicom reads truncated files silently: a short last value, a dropped partial element
+    header, or pixel data shorter than its declared length all give a "valid" dataset. An
+    interrupted copy must be skipped, not catalogued, so the end of the parsed data is
+    compared with the file size (a cut exactly between two elements stays undetectable).
+    """
+    try:
+        size = os.fstat(fp.fileno()).st_size
+        syntax = _get(ds.file_meta, "TransferSyntaxUID")
+        if syntax is not None and syntax.is_deflated:
+            return None  # positions refer to the inflated stream; zlib reports cuts itself
+        if fp.tell() < size:  # the read stopped before the pixel data element
+            if _element_end(fp, *ds.original_encoding) > size:
+                return "pixel data ends past the end of the file"
+            return None
+        last = ds.get_item(next(reversed(ds.keys()))) if len(ds) else None
+        if (isinstance(last, RawDataElement) and last.length != _UNDEFINED_LENGTH
+                and last.value_tell + last.length != size):
+            return f"element {last.tag} cut short at the end of the file"
+        return None
+    except Exception as exc:
+        return str(exc)
+
+
+def _element_end(fp: BinaryIO, implicit_vr: bool, little_endian: bool) -> int:
+    """File offset just past the pixel data element at ``fp``, by seeking, not reading it.
+
+    Pixel data VRs (OB/OW/OF/OD) have 4-byte lengths. Like pydicom, an explicit-VR file whose
+    element has no VR letters is read as implicit there (some writers do this). Encapsulated
+    (undefined-length) data is walked fragment by fragment up to its sequence delimiter.
+    """
+    order = "<" if little_endian else ">"
+    header = fp.read(8)
+    if not implicit_vr and header[4:6].isupper():
+        header = fp.read(4)  # tag, VR, 2 reserved bytes, then the 4-byte length
+    (length,) = struct.unpack(order + "L", header[-4:])
+    if length != _UNDEFINED_LENGTH:
+        return fp.tell() + length
+    while True:
+        group, element, length = struct.unpack(order + "HHL", fp.read(8))
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return fp.tell()
+        fp.seek(length, os.SEEK_CUR)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def instance_row(ds: pydicom.Dataset) -> dict[str, object]:
+    """The DICOM-derived columns (DICOM_COLUMNS) of ``ds``, typed per the schema.
+
+    Absent, empty or unreadable values are None, except list columns, which are [] as in
+    IDC's dicomMetadata (BigQuery REPEATED fields are never NULL).
+    """
+    row = {name: _convert(_get(ds, name), SQL_TYPES[name]) for name in _KEYWORD_COLUMNS}
+    row["StudyDate"] = _iso_date(_get(ds, "StudyDate"))
+    row["SeriesDate"] = _iso_date(_get(ds, "SeriesDate"))
+    row["TransferSyntaxUID"] = _convert(
+        _get(getattr(ds, "file_meta", None), "TransferSyntaxUID"), "VARCHAR")
+    row["AnatomicRegionSequence"] = _code_meaning(ds, "AnatomicRegionSequence")
+    row.update(_segment_columns(ds))
+    row.update(dict.fromkeys(_MEASUREMENT_COLUMNS))
+    row.update(_measurement_columns(ds))
+    return row
+
+
+def _get(ds, keyword: str) -> object:
+    """The element's value, or None if absent or if pydicom cannot convert it."""
+    try:
+        return ds.get(keyword)
+    except Exception:
+        return None
+
+
+def _convert(value: object, sql_type: str) -> object:
+    """Coerce a pydicom value to the Python type of ``sql_type``; None if impossible.
+
+    Multi-valued numbers keep their first value (a DS/IS column holds one number); other
+    multi-valued text is joined with DICOM's backslash separator.
+    """
+    if isinstance(value, bytes):  # e.g. a value pydicom kept raw because its VR was unknown
+        value = value.decode("utf-8", "replace").strip("\x00 ")
+    if sql_type == "VARCHAR[]":
+        if value is None or value == "":
+            return []
+        values = value if isinstance(value, (list, MultiValue)) else [value]
+        return [str(v).strip() for v in values]
+    if isinstance(value, (list, MultiValue)):
+        if sql_type == "VARCHAR":
+            value = "\\".join(str(v).strip() for v in value)
+        else:
+            value = value[0] if len(value) else None
+    if value is None:
+        return None
+    if sql_type == "VARCHAR":
+        # str(int(...)) so IS "0501" and US 4 give "501" and "4", as IDC has them
+        text = str(int(value)) if isinstance(value, int) else str(value).strip()
+        return text or None
+    try:
+        number = float(str(value).replace(",", "."))  # a decimal comma is a common DS error
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    if sql_type == "DOUBLE":
+        return number
+    return int(number) if number.is_integer() else None  # BIGINT
+
+
+def _iso_date(value: object) -> str | None:
+    """DICOM DA ``YYYYMMDD`` as ISO ``YYYY-MM-DD``; None for anything else."""
+    text = str(value or "").strip()
+    if not re.fullmatch(r"\d{8}", text):
+        return None
+    try:
+        return datetime.date(int(text[:4]), int(text[4:6]), int(text[6:])).isoformat()
+    except ValueError:
+        return None
+
+
+def _code_meaning(ds, keyword: str) -> str | None:
+    """CodeMeaning of the first item of a code sequence."""
+    try:
+        return _convert(ds[keyword][0].get("CodeMeaning"), "VARCHAR")
+    except Exception:
+        return None
+
+
+def _segment_columns(ds: pydicom.Dataset) -> dict[str, str | None]:
+    """SEG segment descriptions, one comma-joined string per column over all segments.
+
+    Read per item with highdicom's SegmentDescription, which needs no pixel data (unlike a
+    whole Segmentation); an item highdicom refuses is read with plain pydicom instead.
+    """
+    segments = [_segment(item) for item in (_get(ds, "SegmentSequence") or [])]
+    numbers, categories, types, algorithms = zip(*segments) if segments else ((),) * 4
+    return {
+        "SegmentNumber": _join(numbers, ","),
+        "SegmentedPropertyCategoryCodeSequence": _join(categories, ", "),
+        "SegmentedPropertyTypeCodeSequence": _join(types, ", "),
+        "SegmentAlgorithmType": _join(algorithms, ", "),
+    }
+
+
+def _segment(item: pydicom.Dataset) -> tuple[str | None, ...]:
+    """(number, category meaning, type meaning, algorithm type) of one segment item."""
+    try:
+        seg = hd.seg.SegmentDescription.from_dataset(item)
+        return (str(seg.segment_number), seg.segmented_property_category.meaning,
+                seg.segmented_property_type.meaning, seg.algorithm_type.value)
+    except Exception:
+        return (_convert(_get(item, "SegmentNumber"), "VARCHAR"),
+                _code_meaning(item, "SegmentedPropertyCategoryCodeSequence"),
+                _code_meaning(item, "SegmentedPropertyTypeCodeSequence"),
+                _convert(_get(item, "SegmentAlgorithmType"), "VARCHAR"))
+
+
+def _join(values, sep: str) -> str | None:
+    """Distinct non-empty values in first-seen order, joined; None if there are none."""
+    distinct = dict.fromkeys(v for v in values if v)
+    return sep.join(distinct) or None
+
+
+def _normalise(concept: str) -> str:
+    """Concept meaning or column name in comparable form: "Surface area of mesh" and
+    "Surface_area_of_mesh" both give "surface_area_of_mesh"."""
+    return re.sub(r"[\s\-_]+", "_", concept.strip()).casefold()
+
+
+_BY_CONCEPT = {_normalise(name): name for name in _MEASUREMENT_COLUMNS}
+
+
+def _measurement_columns(ds: pydicom.Dataset) -> dict[str, object]:
+    """TID 1500 measurement-report values by concept name, the first of each name winning.
+
+    Read through highdicom's SR classes, which understand the template's measurement groups.
+    Anything else (other SR templates, SR classes highdicom lacks, documents it refuses)
+    gives no values: these columns only mean something for measurement reports.
+    """
+    sr_class = _SR_CLASSES.get(_convert(_get(ds, "SOPClassUID"), "VARCHAR"))
+    if sr_class is None:
+        return {}
+    try:
+        report = sr_class.from_dataset(ds).content  # copies: the caller's ds is not altered
+        if not isinstance(report, hd.sr.MeasurementReport):
+            return {}
+        groups = [*report.get_planar_roi_measurement_groups(),
+                  *report.get_volumetric_roi_measurement_groups(),
+                  *report.get_image_measurement_groups()]
+        items = [(item.name.meaning, item.value)
+                 for group in groups for item in group.get_measurements()]
+        items += [(item.name.meaning, item.value.meaning)
+                  for group in groups for item in group.get_qualitative_evaluations()]
+    except Exception:
+        return {}
+    values: dict[str, object] = {}
+    for meaning, value in items:
+        column = _BY_CONCEPT.get(_normalise(meaning))
+        if column is not None and values.get(column) is None:
+            values[column] = _convert(value, SQL_TYPES[column])
+    return values

@@ -1,0 +1,220 @@
+"""Which stored files a download, thumbnail, tag listing or checksum request refers to.
+
+Every NBIA image endpoint starts the same way: resolve a UID (or an image id) in the active
+version to the blobs that hold it, for one caller. Doing that here, once, keeps the visibility
+rule (restricted collections) and the difference between "unknown" and "catalogued from IDC
+but not stored here" identical across endpoints. Results are plain dataclasses; nothing here
+knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import NoReturn
+
+from .accounts import User
+from .catalog import normalise_collection_id, stable_pk_sql
+
+# stable_pk keeps 52 bits, so a larger number cannot be an image id (and must not reach SQL)
+_MAX_IMAGE_ID = (1 << 52) - 1
+
+
+class Level(Enum):
+    """A level of the DICOM hierarchy, valued by the item column that names it."""
+
+    SERIES = "SeriesInstanceUID"
+    STUDY = "StudyInstanceUID"
+    PATIENT = "PatientID"
+    COLLECTION = "collection_id"
+
+
+class DownloadError(Exception):
+    """A request for stored files that cannot be answered as asked."""
+
+
+class NotFound(DownloadError):
+    """Nothing with that identifier exists in the active version."""
+
+
+class NotHeldLocally(NotFound):
+    """Catalogued (imported from IDC) but the files live in a public bucket, not here."""
+
+    def __init__(self, message: str, location: str):
+        super().__init__(message)
+        self.location = location
+
+
+class NotGranted(DownloadError):
+    """Everything matching lies in restricted collections the caller has no grant for."""
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    sop_instance_uid: str
+    series_instance_uid: str
+    instance_number: int | None
+    md5: str
+    size: int
+    path: Path
+    collection_id: str
+    license_short_name: str | None
+
+
+@dataclass(frozen=True)
+class SeriesFiles:
+    """The stored files of one series, in InstanceNumber order (unnumbered ones first)."""
+
+    series_instance_uid: str
+    collection_id: str
+    instances: tuple[StoredInstance, ...]
+    license_text: str
+
+
+_INSTANCE_COLUMNS = ("SOPInstanceUID", "SeriesInstanceUID", "InstanceNumber", "instance_md5",
+                     "instance_size", "blob_key", "collection_id", "license_short_name")
+# NBIA's order for a series' images; the SOP UID only makes ties deterministic
+_INSTANCE_ORDER = "InstanceNumber NULLS FIRST, SOPInstanceUID"
+
+
+def series_instances(commons, user: User, series_uid: str) -> list[StoredInstance]:
+    """The stored images of a series the caller may see, in download order."""
+    return _stored_instances(commons, user, {Level.SERIES: series_uid})
+
+
+def series_files(commons, user: User, series_uid: str) -> SeriesFiles:
+    """A series' images plus the licence text that goes with a download of them."""
+    instances = series_instances(commons, user, series_uid)
+    collection_id = instances[0].collection_id
+    return SeriesFiles(series_uid, collection_id, tuple(instances),
+                       _license_text(commons, collection_id, instances[0].license_short_name))
+
+
+def series_instance(commons, user: User, series_uid: str, sop_uid: str) -> StoredInstance:
+    """One image of a series; the series is checked first so its errors take precedence."""
+    for instance in series_instances(commons, user, series_uid):
+        if instance.sop_instance_uid == sop_uid:
+            return instance
+    raise NotFound(f"No image with SOPInstanceUID {sop_uid} in series {series_uid}")
+
+
+def instance_by_sop_uid(commons, user: User, sop_uid: str) -> StoredInstance:
+    return _single_instance(commons, user, '"SOPInstanceUID" = ?', sop_uid,
+                            f"No image with SOPInstanceUID {sop_uid}")
+
+
+def instance_by_image_id(commons, user: User, image_id: int) -> StoredInstance:
+    """An image by NBIA's integer id (imagePkId), which is stable_pk(SOPInstanceUID)."""
+    missing = f"No image with imageID {image_id}"
+    if not 0 <= image_id <= _MAX_IMAGE_ID:
+        raise NotFound(missing)
+    return _single_instance(commons, user, f"{stable_pk_sql('SOPInstanceUID')} = ?", image_id,
+                            missing)
+
+
+def md5_hierarchy(commons, user: User, scope: dict[Level, str]) -> str:
+    """One checksum for every stored file below a hierarchy node (a series, a study, a patient
+    or a collection, optionally narrowed by more levels, e.g. a patient within a collection).
+
+    It is the md5 of the files' md5 hex digests, sorted and joined by newlines: it changes
+    exactly when a file below is added, removed or changes content, and does not depend on
+    the order files were ingested in. Files in collections the caller may not see are left out.
+    """
+    digests = sorted(i.md5 for i in _stored_instances(commons, user, scope))
+    return hashlib.md5("\n".join(digests).encode(), usedforsecurity=False).hexdigest()
+
+
+def _single_instance(commons, user: User, condition: str, value, missing: str) -> StoredInstance:
+    rows = _query_instances(commons, condition, [value])
+    if not rows:
+        raise NotFound(missing)
+    visible = _visible(commons, user, rows)
+    if not visible:
+        raise NotGranted(f"{missing} that the caller may see")
+    return visible[0]
+
+
+def _stored_instances(commons, user: User, scope: dict[Level, str]) -> list[StoredInstance]:
+    """Visible stored instances matching every level of `scope`, in download order; raises
+    when there are none, saying whether they are unknown, restricted or held elsewhere."""
+    described = ", ".join(f"{level.name.lower()} {value}" for level, value in scope.items())
+    condition, params = _scope_condition(scope)
+    rows = _query_instances(commons, condition, params)
+    if rows:
+        visible = _visible(commons, user, rows)
+        if not visible:
+            raise NotGranted(f"{described} is in a restricted collection")
+        return visible
+    _explain_absence(commons, user, condition, params, described)
+
+
+def _scope_condition(scope: dict[Level, str]) -> tuple[str, list[str]]:
+    params = [normalise_collection_id(value) if level is Level.COLLECTION else value
+              for level, value in scope.items()]
+    return " AND ".join(f'"{level.value}" = ?' for level in scope), params
+
+
+def _query_instances(commons, condition: str, params: list) -> list[StoredInstance]:
+    catalog = commons.catalog
+    items = catalog.relation(catalog.active_version(), "items")
+    columns = ", ".join(f'"{c}"' for c in _INSTANCE_COLUMNS)
+    rows = catalog.connection().execute(
+        f"SELECT {columns} FROM {items} WHERE level = 'instance' AND {condition} "
+        f"ORDER BY {_INSTANCE_ORDER}", params).fetchall()
+    blob_dir = commons.archive.blob_dir
+    return [StoredInstance(sop, series, number, md5, size, blob_dir / key, collection, license)
+            for sop, series, number, md5, size, key, collection, license in rows]
+
+
+def _visible(commons, user: User, rows: list[StoredInstance]) -> list[StoredInstance]:
+    hidden = commons.hidden_collections(user, commons.catalog.active_version())
+    return [r for r in rows if r.collection_id not in hidden]
+
+
+def _explain_absence(commons, user: User, condition: str, params: list,
+                     described: str) -> NoReturn:
+    """Raise the right error when no stored file matches: series rows imported from the IDC
+    catalogue have no local files, but their gcs_url says where the files are."""
+    catalog = commons.catalog
+    version = catalog.active_version()
+    items = catalog.relation(version, "items")
+    rows = catalog.connection().execute(
+        f"SELECT collection_id, count(*), min(gcs_url) FROM {items} "
+        f"WHERE level = 'series' AND {condition} GROUP BY collection_id ORDER BY 1",
+        params).fetchall()
+    if not rows:
+        raise NotFound(f"No {described} in this archive")
+    hidden = commons.hidden_collections(user, version)
+    visible = [(count, location) for collection, count, location in rows
+               if collection not in hidden]
+    if not visible:
+        raise NotGranted(f"{described} is in a restricted collection")
+    count = sum(c for c, _ in visible)
+    location = min(loc for _, loc in visible)
+    where = (f"its files are in the public bucket at {location}" if count == 1 else
+             f"the files of its {count} series are in the public bucket, e.g. {location}")
+    raise NotHeldLocally(f"The files of {described} are not stored on this server: it is "
+                         f"catalogued from the NCI Imaging Data Commons and {where}", location)
+
+
+def _license_text(commons, collection_id: str, item_license: str | None) -> str:
+    """The LICENSE entry of a download: the collection's licence as the catalogue records it."""
+    catalog = commons.catalog
+    collections = catalog.relation(catalog.active_version(), "collections")
+    row = catalog.connection().execute(
+        f"SELECT license_short_name, license_long_name, license_url FROM {collections} "
+        f"WHERE collection_id = ?", [collection_id]).fetchone()
+    short, long_name, url = row or (None, None, None)
+    short = short or item_license
+    lines = [f"Collection: {collection_id}"]
+    if not (short or long_name or url):
+        lines.append("No license is recorded for this collection: ask the archive's "
+                     "administrators before sharing or reusing these files.")
+    if long_name or short:
+        lines.append("License: " + (f"{long_name} ({short})" if long_name and short
+                                    else long_name or short))
+    if url:
+        lines.append(f"License URL: {url}")
+    return "\n".join(lines) + "\n"

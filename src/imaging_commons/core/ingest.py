@@ -1,0 +1,357 @@
+"""Ingest of DICOM files into the staged next version, and publishing of that version.
+
+Files are read with pydicom (headers only), hashed while they are copied into the blob store
+under `<crdc_series_uuid>/<crdc_instance_uuid>.dcm`, and described by one instance row each.
+Rows go to the staging area; `publish` turns the stage into a new immutable version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import re
+import shutil
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+
+from .catalog import (
+    COLLECTION_COLUMNS,
+    Catalog,
+    CatalogError,
+    _q,
+    copy_to_parquet,
+    empty_items_sql,
+    items_select,
+    normalise_collection_id,
+)
+from .dicom_rows import NotDicom, instance_row, read_header
+from .schema import SQL_TYPES
+
+# Namespace of the archive's UUIDs: a UID (and, for instances, the content hash) always maps to
+# the same UUID, which is what makes re-ingest idempotent.
+UUID_NAMESPACE = uuid.UUID("6f0d6b1e-54c2-4a8e-9a52-3f1b1d0c2a77")
+
+STAGED_ITEMS = "items.parquet"
+
+
+def crdc_uuid(kind: str, *parts: str) -> str:
+    return str(uuid.uuid5(UUID_NAMESPACE, ":".join((kind, *parts))))
+
+
+@dataclass
+class IngestReport:
+    ingested: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        head = (f"{self.ingested} instance(s) staged, {self.unchanged} already present, "
+                f"{len(self.skipped)} file(s) skipped")
+        return [head] + [f"  skipped {path}: {reason}" for path, reason in self.skipped]
+
+
+def iter_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
+    """Every regular file under the given files and folders, in a stable order."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                for name in sorted(files):
+                    yield Path(root) / name
+        elif p.is_file():
+            yield p
+        else:
+            raise FileNotFoundError(f"No such file or folder: {p}")
+
+
+def _store_blob(src: Path, blob_dir: Path, series_uuid: str, sop_uid: str) -> tuple[str, str, int]:
+    """Copy a file into the blob store while hashing it; return (instance uuid, md5, size).
+    The final name depends on the hash, so the copy lands under a temporary name first."""
+    dest_dir = blob_dir / series_uuid
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    tmp = dest_dir / f".{uuid.uuid4().hex}.part"
+    md5 = hashlib.md5()
+    size = 0
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        while chunk := fin.read(1 << 20):
+            md5.update(chunk)
+            fout.write(chunk)
+            size += len(chunk)
+    digest = md5.hexdigest()
+    instance_uuid = crdc_uuid("instance", sop_uid, digest)
+    final = dest_dir / f"{instance_uuid}.dcm"
+    if final.exists():
+        tmp.unlink()
+    else:
+        os.replace(tmp, final)
+    return instance_uuid, digest, size
+
+
+def _staged_base_sql(catalog: Catalog) -> str:
+    """The local instance rows the stage builds on: the stage itself, else the active version's."""
+    staged = catalog.staging_dir / STAGED_ITEMS
+    if staged.exists():
+        return f"SELECT * FROM read_parquet('{staged}')"
+    state = catalog._state()
+    if state["active"] is None:
+        return empty_items_sql()
+    local = catalog.version(state["active"]).manifest.get("local_items")
+    if not local:
+        return empty_items_sql()
+    return f"SELECT * FROM read_parquet('{catalog.segments_dir / local}')"
+
+
+def ingest(catalog: Catalog, paths: Iterable[str | os.PathLike], collection: str, *,
+           restricted: bool = False, metadata: dict | None = None,
+           progress: bool = False) -> IngestReport:
+    """Stage the DICOM files under `paths` as instances of `collection`."""
+    collection_id = normalise_collection_id(collection)
+    if not collection_id:
+        raise CatalogError("A collection ID is required (--collection).")
+    meta = metadata or {}
+    report = IngestReport()
+    rows: list[dict] = []
+    files = list(iter_files(paths))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(files), unit="file", desc="ingest")
+    for path in files:
+        try:
+            with warnings.catch_warnings():  # pydicom's complaints about odd files are noise here
+                warnings.simplefilter("ignore")
+                ds = read_header(path)
+                row = instance_row(ds)
+        except NotDicom as e:
+            report.skipped.append((str(path), str(e)))
+        else:
+            study_uuid = crdc_uuid("study", row["StudyInstanceUID"])
+            series_uuid = crdc_uuid("series", row["SeriesInstanceUID"])
+            instance_uuid, md5, size = _store_blob(path, catalog.archive.blob_dir, series_uuid,
+                                                   row["SOPInstanceUID"])
+            row.update(
+                collection_id=collection_id,
+                crdc_study_uuid=study_uuid,
+                crdc_series_uuid=series_uuid,
+                crdc_instance_uuid=instance_uuid,
+                blob_key=f"{series_uuid}/{instance_uuid}.dcm",
+                gcs_url=(catalog.archive.blob_dir / series_uuid / f"{instance_uuid}.dcm").as_uri(),
+                instance_md5=md5,
+                instance_size=size,
+                instance_count=1,
+                series_size_bytes=size,
+                level="instance",
+                license_short_name=meta.get("license_short_name"),
+                source_DOI=meta.get("doi"),
+                program=meta.get("program"),
+                tcia_species=meta.get("species"),
+                tcia_tumorLocation=meta.get("tumor_location"),
+            )
+            rows.append(row)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    _merge_into_stage(catalog, rows, report)
+    _stage_collection(catalog, collection_id, collection, restricted, meta)
+    return report
+
+
+def _merge_into_stage(catalog: Catalog, rows: list[dict], report: IngestReport) -> None:
+    """Stage = base rows, replaced by the new rows with the same SOPInstanceUID."""
+    con = catalog.connection()
+    names = list(SQL_TYPES)
+    table = pa.table({n: [r.get(n) for r in rows] for n in names
+                      if not SQL_TYPES[n].endswith("[]")} |
+                     {n: pa.array([r.get(n) for r in rows], pa.list_(pa.string()))
+                      for n in names if SQL_TYPES[n].endswith("[]")} |
+                     {"__ord": list(range(len(rows)))})
+    con.register("new_rows", table)
+    try:
+        # two files with one SOPInstanceUID in a batch: the one met last wins
+        new_sql = items_select(con, "SELECT * FROM new_rows QUALIFY row_number() OVER "
+                                    "(PARTITION BY SOPInstanceUID ORDER BY __ord DESC) = 1")
+        base_sql = _staged_base_sql(catalog)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE base_rows AS {base_sql}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE new_shaped AS {new_sql}")
+        # a file already present with the same content in the same collection keeps its row
+        # (and its version_min); anything else replaces the row of its SOPInstanceUID
+        con.execute("""CREATE OR REPLACE TEMP TABLE changed AS SELECT * FROM new_shaped n
+                       WHERE NOT EXISTS (SELECT 1 FROM base_rows b
+                                         WHERE b.crdc_instance_uuid = n.crdc_instance_uuid
+                                           AND b.collection_id = n.collection_id)""")
+        report.ingested = con.execute("SELECT count(*) FROM changed").fetchone()[0]
+        report.unchanged = con.execute("SELECT count(*) FROM new_shaped").fetchone()[0] \
+            - report.ingested
+        merged = """
+            SELECT * FROM base_rows
+            WHERE SOPInstanceUID NOT IN (SELECT SOPInstanceUID FROM changed)
+            UNION ALL BY NAME
+            SELECT * FROM changed"""
+        copy_to_parquet(con, items_select(con, merged) +
+                        " ORDER BY collection_id, PatientID, StudyInstanceUID, "
+                        "SeriesInstanceUID, SOPInstanceUID",
+                        catalog.staging_dir / STAGED_ITEMS)
+    finally:
+        con.unregister("new_rows")
+        con.execute("DROP TABLE IF EXISTS base_rows")
+        con.execute("DROP TABLE IF EXISTS new_shaped")
+        con.execute("DROP TABLE IF EXISTS changed")
+    stage = catalog.stage()
+    stage["items"] = STAGED_ITEMS
+    catalog.write_stage(stage)
+
+
+def _stage_collection(catalog: Catalog, collection_id: str, name: str, restricted: bool,
+                      meta: dict) -> None:
+    stage = catalog.stage()
+    collections = stage.setdefault("collections", {})
+    entry = collections.get(collection_id, {})
+    entry.update({k: v for k, v in meta.items() if k in COLLECTION_COLUMNS and v is not None})
+    entry.setdefault("collection_name", name)
+    entry["restricted"] = bool(restricted or entry.get("restricted"))
+    collections[collection_id] = entry
+    catalog.write_stage(stage)
+
+
+def stage_clinical(catalog: Catalog, file: str | os.PathLike, collection: str, source: str,
+                   patient_column: str | None = None) -> dict:
+    """Register a clinical table (CSV or Parquet keyed by patient) for the next version."""
+    path = Path(file)
+    if not path.is_file():
+        raise CatalogError(f"No such file: {path}")
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,62}", source):
+        raise CatalogError("--source must be a name of letters, digits and '_' "
+                           "starting with a letter")
+    con = catalog.connection()
+    reader = "read_parquet" if path.suffix.lower() == ".parquet" else "read_csv_auto"
+    src = f"{reader}('{path}')"
+    try:
+        columns = {d[0]: d[1] for d in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+    except Exception as e:  # duckdb raises several types for unreadable input
+        raise CatalogError(f"Cannot read {path}: {e}") from None
+    key = patient_column or next(
+        (c for c in columns if c.lower() in
+         ("patientid", "dicom_patient_id", "case_barcode", "submitter_id", "patient_id")), None)
+    if key is None or key not in columns:
+        raise CatalogError(f"No patient column found in {path}; name it with --patient-column")
+    collection_id = normalise_collection_id(collection)
+    name = f"clinical-{uuid.uuid4().hex[:12]}.parquet"
+    others = ", ".join(_q(c) for c in columns if c != key)
+    copy_to_parquet(
+        con, f"SELECT CAST({_q(key)} AS VARCHAR) AS PatientID, ? AS collection_id"
+             f"{', ' + others if others else ''} FROM {src}",
+        catalog.staging_dir / name, [collection_id])
+    entry = {"source": source, "collection_id": collection_id, "file": name,
+             "columns": {c: t for c, t in columns.items() if c != key}}
+    stage = catalog.stage()
+    stage["clinical"] = [c for c in stage.get("clinical", [])
+                         if (c["source"], c["collection_id"]) != (source, collection_id)]
+    stage["clinical"].append(entry)
+    catalog.write_stage(stage)
+    return entry
+
+
+def publish(catalog: Catalog, date_active: str | None = None) -> int:
+    """Turn the stage into the next version, atomically, and make it active."""
+    stage = catalog.stage()
+    if not stage:
+        raise CatalogError("Nothing is staged: ingest or clinical-import something first.")
+    state = catalog._state()
+    number = max(state["versions"], default=0) + 1
+    previous = catalog.version(state["active"]).manifest if state["active"] else {}
+    con = catalog.connection()
+
+    shared_items = [f for f in previous.get("items", []) if f != previous.get("local_items")]
+    local_items = previous.get("local_items")
+    if stage.get("items"):
+        local_path = catalog.new_segment_path("local-items")
+        copy_to_parquet(con, f"""
+            SELECT * REPLACE (coalesce(version_min, {number}) AS version_min)
+            FROM read_parquet('{catalog.staging_dir / stage["items"]}')""", local_path)
+        local_items = local_path.name
+    items = shared_items + ([local_items] if local_items else [])
+
+    clinical = [c for c in previous.get("clinical", [])
+                if (c["source"], c["collection_id"]) not in
+                {(s["source"], s["collection_id"]) for s in stage.get("clinical", [])}]
+    for entry in stage.get("clinical", []):
+        dest = catalog.segments_dir / entry["file"]
+        shutil.copyfile(catalog.staging_dir / entry["file"], dest)
+        clinical.append(entry)
+
+    present = f"(SELECT DISTINCT {{key}} FROM ({_union_items(catalog, items, number)}))"
+    collections = _next_membership_table(
+        catalog, previous.get("collections", []), stage.get("collections", {}),
+        present.format(key="collection_id"), "collection_id", number, "collections")
+    analysis = _next_membership_table(
+        catalog, previous.get("analysis_results", []), {},
+        present.format(key="analysis_result_id"), "analysis_result_id", number,
+        "analysis-results") if previous.get("analysis_results") else None
+
+    manifest = {
+        "date_active": date_active or dt.date.today().isoformat(),
+        "source": "ingest",
+        "items": items,
+        "local_items": local_items,
+        "collections": [collections],
+        "analysis_results": [analysis] if analysis else [],
+        "clinical": clinical,
+    }
+    published = catalog.publish_version(manifest, number=number)
+    catalog.clear_stage()
+    return published
+
+
+def _union_items(catalog: Catalog, files: list[str], number: int) -> str:
+    parts = [f"SELECT * FROM read_parquet('{catalog.segments_dir / f}') "
+             f"WHERE version_min <= {number} "
+             f"AND (version_max IS NULL OR version_max >= {number})" for f in files]
+    return " UNION ALL BY NAME ".join(parts) if parts else empty_items_sql()
+
+
+def _next_membership_table(catalog: Catalog, previous_files: list[str], staged: dict,
+                           present_sql: str, key: str, number: int, prefix: str) -> str:
+    """Carry a collections-like table forward: staged rows override, and every row whose key has
+    items in the new version gets that version appended to idc_data_versions."""
+    con = catalog.connection()
+    prev = " UNION ALL BY NAME ".join(
+        f"SELECT * FROM read_parquet('{catalog.segments_dir / f}')" for f in previous_files)
+    if staged:
+        cols = list(COLLECTION_COLUMNS)
+        new = pa.table({c: [({**{"collection_id": k}, **v}).get(c) for k, v in staged.items()]
+                        for c in cols})
+        con.register("staged_rows", new)
+        casts = ", ".join(f"CAST({_q(c)} AS {t}) AS {_q(c)}" for c, t in COLLECTION_COLUMNS.items())
+        staged_sql = f"SELECT {casts} FROM staged_rows"
+        if prev:
+            # metadata given at ingest wins; what it leaves out is kept from before
+            merged_cols = ", ".join(
+                f"coalesce(s.{_q(c)}, p.{_q(c)}) AS {_q(c)}" for c in cols if c != key)
+            prev = f"""
+                SELECT p.* REPLACE (p.{_q(key)} AS {_q(key)})
+                FROM ({prev}) p WHERE p.{_q(key)} NOT IN (SELECT {_q(key)} FROM ({staged_sql}))
+                UNION ALL BY NAME
+                SELECT s.{_q(key)}, {merged_cols},
+                       coalesce(p.idc_data_versions, []::BIGINT[]) AS idc_data_versions
+                FROM ({staged_sql}) s LEFT JOIN ({prev}) p USING ({_q(key)})"""
+        else:
+            prev = f"SELECT *, []::BIGINT[] AS idc_data_versions FROM ({staged_sql})"
+    path = catalog.new_segment_path(prefix)
+    try:
+        copy_to_parquet(con, f"""
+            SELECT * REPLACE (CASE WHEN {_q(key)} IN {present_sql}
+                              THEN list_append(idc_data_versions, {number})
+                              ELSE idc_data_versions END AS idc_data_versions)
+            FROM ({prev}) ORDER BY {_q(key)}""", path)
+    finally:
+        if staged:
+            con.unregister("staged_rows")
+    return path.name

@@ -1,0 +1,196 @@
+"""The filter language and the portable query layer.
+
+A filter set (attribute -> list of values; OR within an attribute, AND across) is compiled to
+a sqlglot expression tree with `?` placeholders: values never enter the SQL text, and the
+same tree can be rendered for DuckDB (what runs here), Spark or BigQuery.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from .catalog import Catalog, normalise_collection_id
+from .schema import BY_NAME, CATEGORICAL, CONTINUOUS_NUMERIC
+
+# suffix -> (number of values, builder(column, placeholders))
+_RANGE_OPS = {
+    "eq": (1, lambda c, p: exp.EQ(this=c, expression=p[0])),
+    "gt": (1, lambda c, p: exp.GT(this=c, expression=p[0])),
+    "gte": (1, lambda c, p: exp.GTE(this=c, expression=p[0])),
+    "lt": (1, lambda c, p: exp.LT(this=c, expression=p[0])),
+    "lte": (1, lambda c, p: exp.LTE(this=c, expression=p[0])),
+    "btw": (2, lambda c, p: exp.and_(exp.GT(this=c, expression=p[0]),
+                                     exp.LT(this=c, expression=p[1]))),
+    "ebtw": (2, lambda c, p: exp.and_(exp.GTE(this=c, expression=p[0]),
+                                      exp.LT(this=c, expression=p[1]))),
+    "btwe": (2, lambda c, p: exp.and_(exp.GT(this=c, expression=p[0]),
+                                      exp.LTE(this=c, expression=p[1]))),
+    "ebtwe": (2, lambda c, p: exp.and_(exp.GTE(this=c, expression=p[0]),
+                                       exp.LTE(this=c, expression=p[1]))),
+}
+_SUFFIX = re.compile(r"^(?P<base>.+?)_(?P<op>" + "|".join(_RANGE_OPS) + r")$")
+
+
+class FilterError(Exception):
+    """A filter set that cannot be compiled; `not_found` lists unknown attribute names."""
+
+    def __init__(self, message: str, not_found: list[str] | None = None):
+        super().__init__(message)
+        self.not_found = not_found or []
+
+
+@dataclass(frozen=True)
+class Attribute:
+    name: str
+    data_type: str
+    units: str | None
+    source: str  # data source name
+    table: str | None = None  # clinical table (None = the item relation)
+
+
+@dataclass
+class Compiled:
+    """A compiled query: the expression tree and the values for its placeholders, in order."""
+
+    tree: exp.Select
+    params: list
+
+    def sql(self, dialect: str = "duckdb") -> str:
+        return self.tree.sql(dialect=dialect)
+
+
+def col(name: str, table: str | None = None) -> exp.Column:
+    return exp.column(name, table=table, quoted=True)
+
+
+class _Params:
+    def __init__(self):
+        self.values: list = []
+
+    def add(self, value) -> exp.Placeholder:
+        self.values.append(value)
+        return exp.Placeholder()
+
+
+def attributes(catalog: Catalog, version: int) -> dict[str, Attribute]:
+    """The filterable attributes of a version: the catalogue's columns (typed by the schema)
+    and every column of the version's clinical tables (typed by their stored type)."""
+    out = {c.name: Attribute(c.name, c.data_type, c.units, "dicom_pivot")
+           for c in BY_NAME.values() if c.data_type}
+    for entry in catalog.clinical_tables(version):
+        for name, sql_type in entry["columns"].items():
+            numeric = re.match(r"(BIG|SMALL|TINY|HUGE)?INT|DOUBLE|FLOAT|DECIMAL|REAL", sql_type)
+            out.setdefault(name, Attribute(
+                name, CONTINUOUS_NUMERIC if numeric else CATEGORICAL, None,
+                f"clinical.{entry['source']}", entry["table"]))
+    return out
+
+
+def _resolve(name: str, attrs: dict[str, Attribute]) -> tuple[Attribute, str | None] | None:
+    """Find the attribute a filter key names, with its range suffix if any (case-insensitive)."""
+    lower = {k.lower(): a for k, a in attrs.items()}
+    if name.lower() in lower:
+        return lower[name.lower()], None
+    m = _SUFFIX.match(name)
+    if m and m["base"].lower() in lower and lower[m["base"].lower()].data_type == CONTINUOUS_NUMERIC:
+        return lower[m["base"].lower()], m["op"]
+    return None
+
+
+def _number(attr: str, value) -> float:
+    if isinstance(value, bool):
+        raise FilterError(f"Filter {attr}: {value!r} is not a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise FilterError(f"Filter {attr}: {value!r} is not a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise FilterError(f"Filter {attr}: {value!r} is not a finite number")
+    return number
+
+
+def _condition(key: str, attr: Attribute, op: str | None, values: list, column: exp.Expression,
+               params: _Params) -> exp.Expression:
+    if op is not None:
+        arity, build = _RANGE_OPS[op]
+        if len(values) != arity:
+            raise FilterError(f"Filter {key} takes {arity} value{'s' if arity > 1 else ''}, "
+                              f"got {len(values)}")
+        numbers = [_number(key, v) for v in values]
+        if arity == 2 and numbers[0] > numbers[1]:
+            raise FilterError(f"Filter {key}: the lower bound is above the upper bound")
+        return build(column, [params.add(n) for n in numbers])
+    wants_null = any(isinstance(v, str) and v == "None" for v in values) or None in values
+    rest = [v for v in values if v is not None and v != "None"]
+    terms: list[exp.Expression] = []
+    if wants_null:
+        terms.append(exp.Is(this=column.copy(), expression=exp.Null()))
+    if attr.data_type == CONTINUOUS_NUMERIC:
+        if rest:
+            terms.append(exp.In(this=column.copy(),
+                                expressions=[params.add(_number(key, v)) for v in rest]))
+    else:
+        for v in rest:
+            if isinstance(v, (dict, list)):
+                raise FilterError(f"Filter {key}: values must be strings or numbers")
+        strings = [str(v) for v in rest]
+        if attr.name == "collection_id":
+            strings = [normalise_collection_id(s) for s in strings]
+        text = exp.Lower(this=exp.cast(column.copy(), "VARCHAR"))
+        if len(strings) == 1 and "%" in strings[0]:
+            terms.append(exp.Like(this=text, expression=params.add(strings[0].lower())))
+        elif strings:
+            terms.append(exp.In(this=text, expressions=[params.add(s.lower()) for s in strings]))
+    if not terms:
+        raise FilterError(f"Filter {key} has no values")
+    return exp.or_(*terms) if len(terms) > 1 else terms[0]
+
+
+def where_clause(catalog: Catalog, version: int, filters: dict, hidden: frozenset[str],
+                 params: _Params, item_alias: str | None = None) -> exp.Expression | None:
+    """AND of one condition per filter key, plus the caller's restricted-collection exclusion."""
+    if not isinstance(filters, dict):
+        raise FilterError("filters must be an object mapping attribute names to value lists")
+    attrs = attributes(catalog, version)
+    unknown = [k for k in filters if _resolve(k, attrs) is None]
+    if unknown:
+        raise FilterError(f"Invalid filter attribute(s): {', '.join(map(str, unknown))}", unknown)
+    conditions: list[exp.Expression] = []
+    for key, raw in filters.items():
+        attr, op = _resolve(key, attrs)
+        values = raw if isinstance(raw, list) else [raw]
+        if attr.table is None:
+            conditions.append(_condition(key, attr, op, values, col(attr.name, item_alias),
+                                         params))
+        else:
+            # clinical: keep the patients whose clinical row matches
+            inner = exp.select(col("PatientID")).from_(exp.to_table(attr.table, quoted=True)).where(
+                _condition(key, attr, op, values, col(attr.name), params))
+            conditions.append(exp.In(this=col("PatientID", item_alias),
+                                     query=exp.Subquery(this=inner)))
+    if hidden:
+        conditions.append(exp.Not(this=exp.In(
+            this=col("collection_id", item_alias),
+            expressions=[params.add(c) for c in sorted(hidden)])))
+    return exp.and_(*conditions) if conditions else None
+
+
+def compile_select(catalog: Catalog, version: int, filters: dict, outputs: list[tuple[str, exp.Expression]],
+                   hidden: frozenset[str], distinct: bool = True,
+                   extra_where: exp.Expression | None = None) -> Compiled:
+    """SELECT [DISTINCT] outputs FROM the version's items WHERE filters ORDER BY outputs."""
+    params = _Params()
+    where = where_clause(catalog, version, filters, hidden, params)
+    if extra_where is not None:
+        where = exp.and_(where, extra_where) if where is not None else extra_where
+    relation = exp.to_table(catalog.relation(version, "items"), quoted=True)
+    tree = exp.select(*[e.copy().as_(name, quoted=True) for name, e in outputs]).from_(relation)
+    if distinct:
+        tree = tree.distinct()
+    if where is not None:
+        tree = tree.where(where)
+    tree = tree.order_by(*[exp.Ordered(this=col(name), nulls_first=False) for name, _ in outputs])
+    return Compiled(tree, params.values)

@@ -1,0 +1,97 @@
+"""Shared fixtures: a real demo archive (IDC catalogue + pydicom's sample files), built once
+per test session, and real uvicorn servers on 127.0.0.1 serving archives."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from imaging_commons.config import Archive
+from imaging_commons.core.commons import Commons
+from imaging_commons.core.demo import DEMO_COLLECTION, pydicom_sample_dir
+from imaging_commons.core.idc_import import import_idc
+from imaging_commons.core.ingest import ingest, publish
+
+SAMPLES = pydicom_sample_dir()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """A uvicorn server in a background thread, on a free loopback port."""
+
+    def __init__(self, archive: Archive):
+        from imaging_commons.api.app import create_app
+
+        self.app = create_app(archive)
+        self.commons: Commons = self.app.state.commons
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
+                                                     log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> "LiveServer":
+        self._thread.start()
+        deadline = time.time() + 30
+        while not self._server.started:
+            if time.time() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def user_token(self, username: str, password: str = "pw-secret-1", **kw) -> str:
+        """Create (if needed) a user and return a bearer token for them, through the core."""
+        accounts = self.commons.accounts
+        user = accounts.get_user(username) or accounts.add_user(username, password, **kw)
+        return accounts.issue_tokens(user).access_token
+
+
+@pytest.fixture(scope="session")
+def demo_archive_dir(tmp_path_factory) -> Path:
+    """IDC v1..v25 from idc-index-data, then pydicom's samples published as version 26."""
+    root = tmp_path_factory.mktemp("demo-archive")
+    commons = Commons(Archive(root))
+    import_idc(commons.catalog)
+    ingest(commons.catalog, [SAMPLES], DEMO_COLLECTION)
+    publish(commons.catalog)
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(demo_archive_dir) -> LiveServer:
+    """A live server over the shared demo archive. Tests must not publish into it."""
+    with LiveServer(Archive(demo_archive_dir)) as live:
+        yield live
+
+
+@pytest.fixture
+def small_archive(tmp_path) -> Archive:
+    """A private archive holding only pydicom's samples (version 1), for tests that write."""
+    archive = Archive(tmp_path / "archive")
+    commons = Commons(archive)
+    ingest(commons.catalog, [SAMPLES], DEMO_COLLECTION)
+    publish(commons.catalog)
+    return archive
+
+
+@pytest.fixture
+def copy_of_demo(demo_archive_dir, tmp_path) -> Archive:
+    """A private copy of the demo archive, for tests that publish new versions."""
+    dest = tmp_path / "demo-copy"
+    shutil.copytree(demo_archive_dir, dest, ignore=shutil.ignore_patterns("accounts.sqlite*"))
+    return Archive(dest)

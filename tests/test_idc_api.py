@@ -1,0 +1,583 @@
+"""IDC API v1 against a live server on 127.0.0.1 (contract: shared/specs/idc-api-v1.md)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import duckdb
+import idc_index_data
+import pytest
+import requests
+from click.testing import CliRunner
+
+from conftest import SAMPLES, LiveServer
+from imaging_commons.cli import main as cli
+from imaging_commons.config import Archive
+from imaging_commons.core.commons import Commons
+from imaging_commons.core.ingest import ingest, publish
+
+IDC_DIR = idc_index_data.IDC_INDEX_PARQUET_FILEPATH.parent
+LUNG = {"collection_id": ["4D-Lung"], "Modality": ["CT"]}
+
+
+def auth(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def page_through(url: str, first: dict, page_size: int, headers=None) -> list[dict]:
+    """Follow next_page to the end through the nextPage endpoint, collecting manifest rows."""
+    rows = list(first["manifest"]["json_manifest"])
+    token = first["next_page"]
+    while token:
+        r = requests.get(url, params={"next_page": token, "page_size": page_size}, headers=headers)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["cohort"] == {}
+        rows += body["manifest"]["json_manifest"]
+        token = body["next_page"]
+    return rows
+
+
+# ----- the notebook's flow ---------------------------------------------------------------
+def test_about_and_swagger(server):
+    body = requests.get(f"{server.url}/v1/about").json()
+    assert body["code"] == 200 and "Version 1" in body["message"]
+    assert f"{server.url}/v1/swagger/" in body["documentation"]
+    page = requests.get(f"{server.url}/v1/swagger")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    spec = requests.get(f"{server.url}/v1/openapi.json").json()
+    assert "/v1/cohorts/manifest/preview" in spec["paths"]
+
+
+def test_versions_lists_idc_releases_and_the_local_one(server):
+    body = requests.get(f"{server.url}/v1/versions").json()
+    assert body["versions"] == body["idc_data_versions"]
+    labels = [v["idc_data_version"] for v in body["versions"]]
+    assert labels[:25] == [f"{n}.0" for n in range(1, 26)] and labels[-1] == "26.0"
+    assert [v["active"] for v in body["versions"]].count(True) == 1 and body["versions"][-1]["active"]
+    expected = duckdb.sql(f"SELECT idc_version, version_timestamp FROM "
+                          f"'{IDC_DIR / 'version_metadata_index.parquet'}' WHERE idc_version = 20").fetchone()
+    v20 = body["versions"][19]
+    assert v20["date_active"] == str(expected[1])[:10]
+    assert {"name": "dicom_pivot", "data_type": "Image Data"} in v20["data_sources"]
+    assert "tcga" in v20["programs"]
+
+
+def test_collections_per_version(server):
+    r = requests.get(f"{server.url}/v1/collections", params={"idc_data_version": "20.0"})
+    assert r.status_code == 200
+    ids = {c["collection_id"] for c in r.json()["collections"]}
+    expected = {row[0] for row in duckdb.sql(f"""
+        SELECT DISTINCT collection_id FROM '{IDC_DIR / 'idc_index.parquet'}'
+        WHERE series_revised_idc_version <= 20
+        UNION SELECT DISTINCT collection_id FROM '{IDC_DIR / 'prior_versions_index.parquet'}'
+        WHERE min_idc_version <= 20 AND max_idc_version >= 20""").fetchall()}
+    assert ids == expected
+    lung = next(c for c in r.json()["collections"] if c["collection_id"] == "4d_lung")
+    assert lung["doi"].lower() == "10.7937/k9/tcia.2016.eln8ygle" and lung["subject_count"] == 20
+    assert "20.0" in lung["idc_data_versions"] and "21.0" not in lung["idc_data_versions"]
+    current = requests.get(f"{server.url}/v1/collections").json()["collections"]
+    assert "pydicom_samples" in {c["collection_id"] for c in current}
+
+
+def test_manifest_preview_pages_to_the_end(server):
+    spec = {"name": "lung", "description": "4D lung CT", "filters": LUNG}
+    params = {"SeriesInstanceUID": True, "GCS_URL": "True", "CRDC_Series_GUID": 1, "page_size": 40}
+    r = requests.post(f"{server.url}/v1/cohorts/preview/manifest", params=params, json=spec)
+    assert r.status_code == 200, r.text
+    first = r.json()
+    assert first["code"] == 200 and first["cohort"]["name"] == "lung"
+    assert first["cohort"]["filterSet"]["filters"]["collection_id"] == ["4d_lung"]
+    assert first["manifest"]["rowsReturned"] == 40 and first["next_page"].startswith("gAAAAA")
+    rows = page_through(f"{server.url}/v1/cohorts/manifest/nextPage", first, 40)
+    expected = duckdb.sql(f"""SELECT count(*) FROM '{IDC_DIR / 'idc_index.parquet'}'
+        WHERE collection_id = '4d_lung' AND Modality = 'CT'""").fetchone()[0]
+    assert len(rows) == first["manifest"]["totalFound"] == expected
+    # distinct rows, ordered by the selected columns in the manifest's column order
+    keys = [(r["CRDC_Series_GUID"], r["GCS_URL"], r["SeriesInstanceUID"]) for r in rows]
+    assert len(set(keys)) == len(keys) and keys == sorted(keys)
+    assert all(r["GCS_URL"] == f"s3://idc-open-data/{r['CRDC_Series_GUID'][8:]}/*" for r in rows)
+    # the notebook also resubmits the preview itself with the token
+    again = requests.post(f"{server.url}/v1/cohorts/manifest/preview",
+                          params={"next_page": first["next_page"], "page_size": 40}, json=spec)
+    assert again.json()["manifest"]["json_manifest"] == rows[40:80]
+
+
+def test_manifest_instances_of_ingested_files(server):
+    spec = {"name": "samples", "filters": {"collection_id": ["pydicom_samples"], "Modality": ["MR"]}}
+    params = {"CRDC_Instance_GUID": True, "GCS_URL": True, "SOPInstanceUID": True,
+              "Source_DOI": True, "sql": True, "page_size": 1000}
+    body = requests.post(f"{server.url}/v1/cohorts/preview/manifest", params=params,
+                         json=spec).json()
+    rows = body["manifest"]["json_manifest"]
+    con = server.commons.catalog.connection()
+    expected = con.execute(f"""SELECT count(*) FROM {server.commons.catalog.relation(26, 'items')}
+        WHERE collection_id='pydicom_samples' AND Modality='MR'""").fetchone()[0]
+    assert len(rows) == body["manifest"]["totalFound"] == expected > 0
+    for row in rows:
+        uuid = row["CRDC_Instance_GUID"].removeprefix("dg.4DFC/")
+        assert row["GCS_URL"].endswith(f"/{uuid}.dcm")
+    assert "SELECT DISTINCT" in body["cohort"]["sql"] and "'mr'" in body["cohort"]["sql"]
+    assert "?" in body["cohort"]["sql"]  # values are parameters, never spliced into the SQL
+
+
+def test_cohort_lifecycle(server):
+    token = server.user_token("alice")
+    h = auth(token)
+    body = {"name": "mycohort", "description": "Example description",
+            "filterSet": {"idc_data_version": "20.0", "filters": LUNG}}
+    r = requests.post(f"{server.url}/v1/cohorts", json=body, headers=h)
+    assert r.status_code == 200, r.text
+    props = r.json()["cohort_properties"]
+    assert props["filterSet"] == {"idc_data_version": "20.0", "filters": LUNG}
+    assert r.json()["cohort_id"] == props["cohort_id"]
+    cid = props["cohort_id"]
+    listed = requests.get(f"{server.url}/v1/cohorts/", headers=h).json()["cohorts"]
+    mine = next(c for c in listed if c["cohort_id"] == cid)
+    assert mine["permission"] == "OWNER" and mine["owner"] == "alice"
+
+    m = requests.get(f"{server.url}/v1/cohorts/{cid}/manifest",
+                     params={"CRDC_Series_GUID": True, "page_size": 7}, headers=h).json()
+    assert m["cohort"]["cohort_id"] == cid and m["manifest"]["rowsReturned"] == 7
+    rows = page_through(f"{server.url}/v1/cohorts/manifest/nextPage", m, 7, headers=h)
+    expected = duckdb.sql(f"""
+        SELECT count(*) FROM (
+          SELECT crdc_series_uuid FROM '{IDC_DIR / 'idc_index.parquet'}'
+          WHERE collection_id='4d_lung' AND Modality='CT' AND series_revised_idc_version <= 20
+          UNION ALL SELECT crdc_series_uuid FROM '{IDC_DIR / 'prior_versions_index.parquet'}'
+          WHERE collection_id='4d_lung' AND Modality='CT'
+            AND min_idc_version <= 20 AND max_idc_version >= 20)""").fetchone()[0]
+    assert len(rows) == m["manifest"]["totalFound"] == expected
+
+    q = requests.post(f"{server.url}/v1/cohorts/query/{cid}", headers=h,
+                      json={"queryFields": {"fields": ["Modality", "BodyPartExamined"]}})
+    assert q.status_code == 200, q.text
+    assert q.json()["cohort_def"]["cohort_id"] == cid
+    assert {r["Modality"] for r in q.json()["query_results"]["json"]} == {"CT"}
+
+    assert requests.delete(f"{server.url}/v1/cohorts/{cid}", headers=h).json()["cohorts"] == [
+        {"cohort_id": cid, "result": "Cohort deleted"}]
+    assert requests.get(f"{server.url}/v1/cohorts/{cid}/manifest", params={"GCS_URL": 1},
+                        headers=h).status_code == 404
+
+
+def test_delete_several_cohorts_reports_each(server):
+    h = auth(server.user_token("dora"))
+    other = auth(server.user_token("eve"))
+    spec = {"name": "c", "filters": LUNG}
+    mine = requests.post(f"{server.url}/v1/cohorts", json=spec, headers=h).json()["cohort_id"]
+    theirs = requests.post(f"{server.url}/v1/cohorts", json=spec, headers=other).json()["cohort_id"]
+    r = requests.delete(f"{server.url}/v1/cohorts", json={"cohorts": [mine, theirs, 99999999]},
+                        headers=h)
+    assert r.json()["cohorts"] == [
+        {"cohort_id": mine, "result": "Cohort deleted"},
+        {"cohort_id": theirs, "result": "Not the owner of this cohort"},
+        {"cohort_id": 99999999, "result": "Cohort not found"}]
+
+
+def test_query_preview_and_dicom_metadata_paging(server):
+    body = {"cohort_def": {"name": "q", "description": "", "filters": {
+                "collection_id": ["pydicom_samples"], "Modality": ["CT"]}},
+            "queryFields": {"fields": ["SOPInstanceUID", "Modality", "SliceThickness"]}}
+    r = requests.post(f"{server.url}/v1/cohorts/preview/query", params={"page_size": 5}, json=body)
+    assert r.status_code == 200, r.text
+    res = r.json()
+    assert res["query_results"]["rowsReturned"] == 5
+    assert all(isinstance(x["SliceThickness"], (str, type(None))) for x in res["query_results"]["json"])
+    got = res["query_results"]["json"]
+    token = res["next_page"]
+    while token:
+        nxt = requests.get(f"{server.url}/v1/cohorts/query/nextPage",
+                           params={"next_page": token, "page_size": 5}).json()
+        got += nxt["query_results"]["json"]
+        token = nxt["next_page"]
+    assert len(got) == res["query_results"]["totalFound"]
+    sops = [g["SOPInstanceUID"] for g in got]
+    assert sops == sorted(sops)
+
+    h = auth(server.user_token("meta"))
+    first = requests.get(f"{server.url}/v1/dicomMetadata", params={"page_size": 50}, headers=h)
+    assert first.status_code == 200, first.text
+    meta = first.json()
+    row = meta["query_results"]["json"][0]
+    for column in ("AdditionalPatientHistory", "Allergies", "ImageType", "crdc_instance_uuid",
+                   "gcs_url", "tcia_species", "Volume", "SegmentNumber", "source_DOI"):
+        assert column in row
+    total = meta["query_results"]["totalFound"]
+    con = server.commons.catalog.connection()
+    assert total == con.execute(f"SELECT count(*) FROM {server.commons.catalog.relation(26, 'items')} "
+                                "WHERE level = 'instance'").fetchone()[0]
+    rows = meta["query_results"]["json"]
+    token = meta["next_page"]
+    while token:
+        nxt = requests.get(f"{server.url}/v1/dicomMetadata/nextPage",
+                           params={"next_page": token, "page_size": 50}, headers=h).json()
+        assert nxt["cohort"] == {}
+        rows += nxt["query_results"]["json"]
+        token = nxt["next_page"]
+    assert len(rows) == total
+    order = [(r["collection_id"], r["PatientID"] or "", r["StudyInstanceUID"],
+              r["SeriesInstanceUID"], r["SOPInstanceUID"]) for r in rows]
+    assert len(set(r["SOPInstanceUID"] for r in rows)) == total
+
+
+def test_account_details(server):
+    h = auth(server.user_token("acct", email="acct@example.org"))
+    body = requests.get(f"{server.url}/v1/user/account_details", headers=h).json()
+    assert body["account_details"]["username"] == "acct"
+    assert body["account_details"]["email"] == "acct@example.org"
+    assert body["user_details"] == body["account_details"]
+    assert requests.get(f"{server.url}/v1/users/account_details").status_code == 401
+
+
+def test_attributes_registry(server):
+    body = requests.get(f"{server.url}/v1/attributes").json()
+    attrs = {a["name"]: a for s in body["data_sources"] for a in s["attributes"]}
+    assert attrs["Modality"]["data_type"] == "CATEGORICAL"
+    assert attrs["SliceThickness"]["data_type"] == "CONTINUOUS_NUMERIC"
+    assert "SliceThickness_ebtwe" in attrs and "SliceThickness_lt" in attrs
+    v20 = requests.get(f"{server.url}/v1/attributes", params={"idc_data_version": "20"}).json()
+    names20 = {a["name"] for s in v20["data_sources"] for a in s["attributes"]}
+    assert "Modality" in names20 and "SliceThickness" not in names20  # IDC rows are series-level
+    bad = requests.get(f"{server.url}/v1/attributes", params={"data_source": "nope"})
+    assert bad.status_code == 400 and bad.json()["not_found"] == ["nope"]
+
+
+# ----- the filter language ---------------------------------------------------------------
+def _sample_thickness(server) -> dict[str, float | None]:
+    con = server.commons.catalog.connection()
+    rel = server.commons.catalog.relation(26, "items")
+    return dict(con.execute(f"SELECT SOPInstanceUID, SliceThickness FROM {rel} "
+                            "WHERE collection_id = 'pydicom_samples'").fetchall())
+
+
+def _query_sops(server, filters: dict) -> set[str]:
+    body = {"cohort_def": {"name": "f", "filters": {"collection_id": ["pydicom_samples"], **filters}},
+            "queryFields": {"fields": ["SOPInstanceUID"]}}
+    r = requests.post(f"{server.url}/v1/cohorts/preview/query", params={"page_size": 5000}, json=body)
+    assert r.status_code == 200, r.text
+    return {x["SOPInstanceUID"] for x in r.json()["query_results"]["json"]}
+
+
+@pytest.mark.parametrize("key,values,check", [
+    ("SliceThickness", [5], lambda x: x == 5),
+    ("SliceThickness_eq", [5], lambda x: x == 5),
+    ("SliceThickness_gt", [2], lambda x: x > 2),
+    ("SliceThickness_gte", [5], lambda x: x >= 5),
+    ("SliceThickness_lt", [5], lambda x: x < 5),
+    ("SliceThickness_lte", [5], lambda x: x <= 5),
+    ("SliceThickness_btw", [1, 5], lambda x: 1 < x < 5),
+    ("SliceThickness_ebtw", [1, 5], lambda x: 1 <= x < 5),
+    ("SliceThickness_btwe", [1, 5], lambda x: 1 < x <= 5),
+    ("SliceThickness_ebtwe", [1, 5], lambda x: 1 <= x <= 5),
+])
+def test_numeric_suffixes(server, key, values, check):
+    thickness = _sample_thickness(server)
+    expected = {sop for sop, x in thickness.items() if x is not None and check(x)}
+    assert expected, "the sample data must exercise this suffix"
+    assert _query_sops(server, {key: values}) == expected
+
+
+def test_suffixes_combine_with_and_and_none_matches_null(server):
+    thickness = _sample_thickness(server)
+    assert _query_sops(server, {"SliceThickness_gt": [1], "SliceThickness_lt": [5]}) == {
+        s for s, x in thickness.items() if x is not None and 1 < x < 5}
+    nulls = {s for s, x in thickness.items() if x is None}
+    assert nulls and _query_sops(server, {"SliceThickness": ["None"]}) == nulls
+    assert _query_sops(server, {"SliceThickness": ["None", 5]}) == nulls | {
+        s for s, x in thickness.items() if x == 5}
+
+
+def test_strings_case_insensitive_like_and_collection_normalisation(server):
+    con = server.commons.catalog.connection()
+    rel = server.commons.catalog.relation(26, "items")
+    mr = {r[0] for r in con.execute(f"SELECT SOPInstanceUID FROM {rel} WHERE "
+                                    "collection_id='pydicom_samples' AND Modality='MR'").fetchall()}
+    assert _query_sops(server, {"Modality": ["mr"]}) == mr
+    assert _query_sops(server, {"collection_id": ["PYDICOM-SAMPLES"], "Modality": ["Mr"]}) == mr
+    like = {r[0] for r in con.execute(f"SELECT SOPInstanceUID FROM {rel} WHERE "
+                                      "collection_id='pydicom_samples' AND "
+                                      "lower(SeriesDescription) LIKE '%axial%'").fetchall()}
+    assert _query_sops(server, {"SeriesDescription": ["%AXIAL%"]}) == like
+
+
+# ----- errors ------------------------------------------------------------------------------
+def _preview(server, filters, **params):
+    return requests.post(f"{server.url}/v1/cohorts/preview/manifest",
+                         params={"GCS_URL": True, **params},
+                         json={"name": "e", "filters": filters})
+
+
+@pytest.mark.parametrize("filters,status,not_found,fragment", [
+    ({"bogus_attr": ["x"]}, 400, ["bogus_attr"], "bogus_attr"),
+    ({"Modality_gt": [1]}, 400, ["Modality_gt"], "Modality_gt"),
+    ({"SliceThickness_btw": [1]}, 400, [], "takes 2 values"),
+    ({"SliceThickness_gt": [1, 2]}, 400, [], "takes 1 value"),
+    ({"SliceThickness_gt": ["thick"]}, 400, [], "not a number"),
+    ({"SliceThickness_btw": [5, 1]}, 400, [], "lower bound"),
+])
+def test_filter_errors(server, filters, status, not_found, fragment):
+    r = _preview(server, filters)
+    assert r.status_code == status
+    body = r.json()
+    assert body["code"] == status and body["not_found"] == not_found and fragment in body["message"]
+
+
+def test_documented_errors(server):
+    u = server.url
+    r = requests.get(f"{u}/v1/collections", params={"idc_data_version": "99.0"})
+    assert r.status_code == 400 and r.json()["not_found"] == ["99.0"]
+    assert requests.get(f"{u}/v1/collections", params={"colour": 1}).json()["message"] == \
+        "Invalid argument colour"
+    r = _preview(server, LUNG, GCS_URLs=True)
+    assert r.status_code == 400 and r.json()["message"] == "Invalid key GCS_URLs"
+    r = requests.get(f"{u}/v1/cohorts/manifest/nextPage", params={"next_page": "x", "foo": 1})
+    assert r.json()["message"] == "Invalid query parameter foo"
+    h = auth(server.user_token("errs"))
+    r = requests.post(f"{u}/v1/cohorts", json={"name": "n"}, headers=h)
+    assert r.status_code == 400 and r.json()["message"].startswith("No filters were provided")
+    r = requests.post(f"{u}/v1/cohorts", json={"filters": LUNG}, headers=h)
+    assert r.status_code == 400 and r.json()["message"] == \
+        "A name was not provided for this cohort. The cohort was not made."
+    assert requests.get(f"{u}/v1/cohorts").status_code == 401
+    assert requests.get(f"{u}/v1/cohorts", headers=auth("not-a-token")).status_code == 401
+    assert requests.get(f"{u}/v1/dicomMetadata").status_code == 401
+
+
+def test_other_users_cohort_is_forbidden_and_sharing_gives_reader(server):
+    owner, stranger = server.user_token("own"), server.user_token("stranger")
+    cid = requests.post(f"{server.url}/v1/cohorts", json={"name": "x", "filters": LUNG},
+                        headers=auth(owner)).json()["cohort_id"]
+    for path in (f"/v1/cohorts/{cid}/manifest?GCS_URL=1", f"/v1/cohorts/manifest/{cid}?GCS_URL=1",
+                 f"/v1/cohorts/{cid}/query?fields=Modality"):
+        r = requests.get(server.url + path, headers=auth(stranger))
+        assert r.status_code == 403 and r.json()["code"] == 403
+    result = CliRunner().invoke(cli, ["--archive", str(server.commons.archive.root), "cohorts",
+                                      "share", str(cid), "stranger", "--owner", "own"])
+    assert result.exit_code == 0, result.output
+    listed = requests.get(f"{server.url}/v1/cohorts", headers=auth(stranger)).json()["cohorts"]
+    assert {"cohort_id": cid, "permission": "READER"}.items() <= next(
+        c for c in listed if c["cohort_id"] == cid).items()
+    assert requests.get(f"{server.url}/v1/cohorts/{cid}/manifest", params={"GCS_URL": 1},
+                        headers=auth(stranger)).status_code == 200
+    assert requests.delete(f"{server.url}/v1/cohorts/{cid}", headers=auth(stranger)).json()[
+        "cohorts"][0]["result"] == "Not the owner of this cohort"
+
+
+def test_page_tokens_are_tamper_proof_and_bound_to_the_caller(server):
+    a, b = server.user_token("tok_a"), server.user_token("tok_b")
+    cid = requests.post(f"{server.url}/v1/cohorts", json={"name": "t", "filters": LUNG},
+                        headers=auth(a)).json()["cohort_id"]
+    first = requests.get(f"{server.url}/v1/cohorts/{cid}/manifest",
+                         params={"GCS_URL": 1, "page_size": 2}, headers=auth(a)).json()
+    token = first["next_page"]
+    url = f"{server.url}/v1/cohorts/manifest/nextPage"
+    assert requests.get(url, params={"next_page": token}, headers=auth(a)).status_code == 200
+    for bad_token, headers in [
+        (token, auth(b)),                      # another user
+        (token, {}),                           # anonymous
+        (token[:-4] + "AAAA", auth(a)),        # tampered
+        (token[:40], auth(a)),                 # truncated
+        ("gAAAAA" + "x" * 100, auth(a)),       # forged
+    ]:
+        r = requests.get(url, params={"next_page": bad_token}, headers=headers)
+        assert r.status_code == 400 and r.json()["message"] == "Invalid next_page token"
+    # a manifest token is not a query token
+    r = requests.get(f"{server.url}/v1/cohorts/query/nextPage", params={"next_page": token},
+                     headers=auth(a))
+    assert r.status_code == 400
+
+
+def test_trailing_slash_variants(server):
+    for path in ("/v1/about", "/v1/versions", "/v1/collections", "/v1/analysis_results"):
+        assert requests.get(server.url + path + "/").status_code == 200
+
+
+# ----- login, credentials file -------------------------------------------------------------
+def test_login_writes_the_credentials_file_the_notebook_reads(server, tmp_path):
+    server.commons.accounts.add_user("nbuser", "s3cret-pass")
+    creds = tmp_path / ".idc_credentials"
+    result = CliRunner().invoke(cli, ["login", "--server", server.url, "--username", "nbuser",
+                                      "--password", "s3cret-pass", "--credentials-file", str(creds)])
+    assert result.exit_code == 0, result.output
+    token = json.loads(creds.read_text())["token_response"]["id_token"]
+    assert oct(creds.stat().st_mode & 0o777) == "0o600"
+    r = requests.get(f"{server.url}/v1/cohorts", headers={"Authorization": "Bearer " + token})
+    assert r.status_code == 200 and r.json()["cohorts"] == []
+    bad = CliRunner().invoke(cli, ["login", "--server", server.url, "--username", "nbuser",
+                                   "--password", "wrong", "--credentials-file", str(creds)])
+    assert bad.exit_code != 0 and "refused" in bad.output
+
+
+# ----- restricted collections, versions, deadline -------------------------------------------
+@pytest.fixture
+def restricted_server(small_archive):
+    commons = Commons(small_archive)
+    ingest(commons.catalog, [SAMPLES / "MR_small.dcm", SAMPLES / "CT_small.dcm"], "Secret-Trial",
+           restricted=True)
+    publish(commons.catalog)
+    with LiveServer(small_archive) as live:
+        yield live
+
+
+def test_restricted_collection_invisible_without_grant(restricted_server):
+    live = restricted_server
+    plain, granted = live.user_token("plain"), live.user_token("granted")
+    live.commons.accounts.grant("granted", "secret_trial")
+    spec = {"name": "s", "filters": {"collection_id": ["secret_trial"]}}
+    for headers, visible in (({}, False), (auth(plain), False), (auth(granted), True)):
+        ids = {c["collection_id"] for c in
+               requests.get(f"{live.url}/v1/collections", headers=headers).json()["collections"]}
+        assert ("secret_trial" in ids) is visible and "pydicom_samples" in ids
+        m = requests.post(f"{live.url}/v1/cohorts/preview/manifest", params={"GCS_URL": 1},
+                          json=spec, headers=headers).json()
+        assert (m["manifest"]["totalFound"] == 2) is visible
+        q = requests.post(f"{live.url}/v1/cohorts/preview/query", headers=headers, json={
+            "cohort_def": {"name": "s", "filters": {"Modality": ["MR", "CT"]}},
+            "queryFields": {"fields": ["collection_id"]}}).json()
+        assert ({"collection_id": "secret_trial"} in q["query_results"]["json"]) is visible
+        if headers:
+            meta = requests.get(f"{live.url}/v1/dicomMetadata", params={"page_size": 5000},
+                                headers=headers).json()["query_results"]["json"]
+            assert any(r["collection_id"] == "secret_trial" for r in meta) is visible
+
+
+def test_cohort_manifest_unchanged_across_publish(small_archive):
+    with LiveServer(small_archive) as live:
+        h = auth(live.user_token("pin"))
+        cid = requests.post(f"{live.url}/v1/cohorts", headers=h, json={
+            "name": "pinned", "filters": {"collection_id": ["pydicom_samples"]}}).json()["cohort_id"]
+        params = {"CRDC_Instance_GUID": 1, "GCS_URL": 1, "SOPInstanceUID": 1, "page_size": 5000}
+        before = requests.get(f"{live.url}/v1/cohorts/{cid}/manifest", params=params, headers=h)
+        preview_before = requests.post(f"{live.url}/v1/cohorts/preview/manifest", params=params,
+                                       json={"name": "p", "filters": {"collection_id": ["pydicom_samples"]}}).json()
+        # a new version: one more file, a new SOPInstanceUID, in the same collection
+        import pydicom
+
+        ds = pydicom.dcmread(SAMPLES / "CT_small.dcm")
+        ds.SOPInstanceUID = ds.SOPInstanceUID + ".99"
+        extra = small_archive.root.parent / "extra.dcm"
+        ds.save_as(extra)
+        ingest(live.commons.catalog, [extra], "pydicom_samples")
+        publish(live.commons.catalog)
+        after = requests.get(f"{live.url}/v1/cohorts/{cid}/manifest", params=params, headers=h)
+        assert after.status_code == 200 and after.content == before.content
+        preview_after = requests.post(f"{live.url}/v1/cohorts/preview/manifest", params=params,
+                                      json={"name": "p", "filters": {"collection_id": ["pydicom_samples"]}}).json()
+        assert preview_after["manifest"]["totalFound"] == preview_before["manifest"]["totalFound"] + 1
+
+
+def test_202_on_deadline_resumes_the_same_work(demo_archive_dir):
+    archive = Archive(demo_archive_dir, query_deadline_s=0.0)
+    with LiveServer(archive) as live:
+        calls = []
+        original = live.commons.results._materialise
+
+        def counted(key, compiled):
+            calls.append(key)
+            return original(key, compiled)
+
+        live.commons.results._materialise = counted
+        spec = {"name": "slow", "filters": {"Modality": ["CT", "MR", "PT"]}}
+        params = {"SeriesInstanceUID": 1, "page_size": 10}
+        r = requests.post(f"{live.url}/v1/cohorts/preview/manifest", params=params, json=spec)
+        assert r.status_code == 202, r.text
+        body = r.json()
+        assert body["code"] == 202 and "next_page token" in body["message"]
+        token = body["next_page"]
+        for _ in range(600):
+            r = requests.post(f"{live.url}/v1/cohorts/preview/manifest",
+                              params={"next_page": token, "page_size": 10}, json=spec)
+            if r.status_code == 200:
+                break
+            token = r.json()["next_page"]
+        assert r.status_code == 200 and r.json()["manifest"]["rowsReturned"] == 10
+        assert len(calls) == 1  # resubmitting picked up the running query; nothing restarted
+
+
+# ----- malformed input: always 4xx, nothing stored ------------------------------------------
+MALFORMED = [
+    ("POST", "/v1/cohorts", None, "not json"),
+    ("POST", "/v1/cohorts", None, "[1,2,3]"),
+    ("POST", "/v1/cohorts", None, "null"),
+    ("POST", "/v1/cohorts", None, {"name": 5, "filters": LUNG}),
+    ("POST", "/v1/cohorts", None, {"name": "", "filters": LUNG}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filters": []}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filters": "Modality=CT"}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filters": {"Modality": []}}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filters": {"Modality": [{"a": 1}]}}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filters": {"Modality": [True]}}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filters": {"Modality": [None]}}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filters": LUNG, "owner": "root"}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filterSet": {"filters": LUNG, "idc_data_version": "abc"}}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filterSet": {"filters": LUNG, "idc_data_version": "-1"}}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filterSet": {"filters": LUNG, "idc_data_version": 25.5}}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filterSet": {"filters": LUNG, "extra": 1}}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filterSet": "v25"}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filters": {"Modality'; DROP TABLE cohorts;--": ["CT"]}}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filters": {"SliceThickness_gt": ["1; DELETE FROM users"]}}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filters": {"SliceThickness_btw": ["a", "b"]}}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filters": {"SliceThickness_gt": ["nan"]}}),
+    ("POST", "/v1/cohorts", None, '{"name": "x", "filters": {"SliceThickness_gt": [1e400]}}'),
+    ("POST", "/v1/cohorts", None, {"name": "x", "description": ["d"], "filters": LUNG}),
+    ("POST", "/v1/cohorts", {"page_size": 3}, {"name": "x", "filters": LUNG}),
+    ("DELETE", "/v1/cohorts", None, {"cohorts": "all"}),
+    ("DELETE", "/v1/cohorts", None, {"cohorts": []}),
+    ("DELETE", "/v1/cohorts", None, {"cohorts": ["1 OR 1=1"]}),
+    ("DELETE", "/v1/cohorts", None, {"ids": [1]}),
+    ("DELETE", "/v1/cohorts", None, "garbage"),
+    ("DELETE", "/v1/cohorts/abc", None, None),
+    ("DELETE", "/v1/cohorts/-1", None, None),
+    ("GET", "/v1/cohorts/manifest/1%20OR%201=1", {"GCS_URL": 1}, None),
+    ("GET", "/v1/cohorts/99999999/manifest", {"GCS_URL": 1}, None),
+    ("POST", "/v1/cohorts/preview/manifest", {"GCS_URL": 1, "page_size": 10 ** 9}, {"name": "x", "filters": LUNG}),
+    ("POST", "/v1/cohorts/preview/manifest", {"GCS_URL": 1, "page_size": -5}, {"name": "x", "filters": LUNG}),
+    ("POST", "/v1/cohorts/preview/manifest", {"GCS_URL": 1, "page_size": 0}, {"name": "x", "filters": LUNG}),
+    ("POST", "/v1/cohorts/preview/manifest", {"GCS_URL": 1, "page_size": "ten"}, {"name": "x", "filters": LUNG}),
+    ("POST", "/v1/cohorts/preview/manifest", {"GCS_URL": "maybe"}, {"name": "x", "filters": LUNG}),
+    ("POST", "/v1/cohorts/preview/manifest", {"GCS_URL": 1, "sql": "yes please"}, {"name": "x", "filters": LUNG}),
+    ("POST", "/v1/cohorts/preview/manifest", {}, {"name": "x", "filters": LUNG}),
+    ("POST", "/v1/cohorts/preview/manifest", {"GCS_URL": 1, "next_page": "'; DROP TABLE users;--"}, {}),
+    ("POST", "/v1/cohorts/preview/query", None, {"cohort_def": {"name": "x", "filters": LUNG}}),
+    ("POST", "/v1/cohorts/preview/query", None, {"cohort_def": {"name": "x", "filters": LUNG},
+                                                 "queryFields": {"fields": ["nope"]}}),
+    ("POST", "/v1/cohorts/preview/query", None, {"cohort_def": {"name": "x", "filters": LUNG},
+                                                 "queryFields": {"fields": "Modality"}}),
+    ("POST", "/v1/cohorts/preview/query", None, {"cohort_def": "x", "queryFields": {"fields": ["Modality"]}}),
+    ("POST", "/v1/cohorts/preview/query", None, {"cohort_def": {"name": "x", "filters": LUNG},
+                                                 "queryFields": {"fields": ["Modality"]}, "x": 1}),
+    ("GET", "/v1/cohorts/query/nextPage", {"page_size": 5}, None),
+    ("GET", "/v1/dicomMetadata", {"page_size": "many"}, None),
+    ("GET", "/v1/dicomMetadata", {"idc_data_version": "1000"}, None),
+    ("GET", "/v1/attributes", {"idc_data_version": "x'--"}, None),
+    ("GET", "/v1/analysis_results", {"idc_data_version": "0"}, None),
+]
+
+
+def _db_snapshot(archive_root) -> list:
+    con = sqlite3.connect(archive_root / "accounts.sqlite")
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' "
+                                            "AND name NOT IN ('tokens')")]
+        return [(t, sorted(map(repr, con.execute(f'SELECT * FROM "{t}"').fetchall())))
+                for t in sorted(tables)]
+    finally:
+        con.close()
+
+
+def test_fifty_malformed_requests_are_4xx_and_change_nothing(server):
+    assert len(MALFORMED) >= 50
+    h = auth(server.user_token("fuzzer"))
+    before = _db_snapshot(server.commons.archive.root)
+    for method, path, params, body in MALFORMED:
+        kwargs = {"params": params, "headers": dict(h)}
+        if isinstance(body, str):
+            kwargs["data"] = body
+            kwargs["headers"]["Content-Type"] = "application/json"
+        elif body is not None:
+            kwargs["json"] = body
+        r = requests.request(method, server.url + path, **kwargs)
+        assert 400 <= r.status_code < 500, (method, path, params, body, r.status_code, r.text)
+        assert r.json()["code"] == r.status_code and r.json()["message"]
+    assert _db_snapshot(server.commons.archive.root) == before

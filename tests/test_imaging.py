@@ -1,0 +1,223 @@
+"""Tests for imaging_commons.core.imaging on the DICOM files shipped inside pydicom.
+
+Only files present in pydicom's package directory are used (never
+pydicom.data.get_testdata_file for others: that would download).
+"""
+
+import hashlib
+import io
+import shutil
+import subprocess
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pydicom.data
+import pytest
+from PIL import Image
+from pydicom.pixels import pixel_array
+
+from imaging_commons.core.imaging import ImageUnavailable, dicom_tags, file_md5, iter_zip, render_thumbnail
+
+DATA = Path(pydicom.data.__file__).parent / "test_files"
+
+
+def thumb(path: Path, **kwargs) -> Image.Image:
+    """Render a thumbnail and open it, checking it really is a JPEG."""
+    image = Image.open(io.BytesIO(render_thumbnail(path, **kwargs)))
+    assert image.format == "JPEG"
+    return image
+
+
+def pixels(path: Path, **kwargs) -> np.ndarray:
+    return np.asarray(thumb(path, **kwargs), dtype=float)
+
+
+def test_ct_thumbnail_keeps_native_size_and_spans_full_range_without_window():
+    ds = pydicom.dcmread(DATA / "CT_small.dcm")
+    assert (ds.Rows, ds.Columns) == (128, 128) and "WindowCenter" not in ds
+    image = thumb(DATA / "CT_small.dcm")
+    assert image.size == (128, 128) and image.mode == "L"
+    grey = np.asarray(image)
+    assert grey.min() < 10 and grey.max() > 245  # min/max scaling
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["MR_small.dcm", "693_J2KI.dcm", "examples_overlay.dcm"],  # plain, rescaled CT, two windows
+)
+def test_rescale_then_first_window_is_applied(name):
+    ds = pydicom.dcmread(DATA / name)
+    center, width = (float(v[0] if v.VM > 1 else v.value) for v in (ds["WindowCenter"], ds["WindowWidth"]))
+    slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+    values = pixel_array(ds).astype(float) * slope + intercept
+    expected = np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0, 1) * 255
+    assert np.abs(pixels(DATA / name) - expected).mean() < 4
+
+
+@pytest.mark.parametrize(
+    "name, size, mode",
+    [
+        ("JPEG2000.dcm", (128, 512), "L"),  # JPEG 2000, 1024 rows scaled to 512
+        ("JPGExtended.dcm", (128, 512), "L"),  # 12-bit JPEG extended
+        ("MR_small_jpeg_ls_lossless.dcm", (64, 64), "L"),  # JPEG-LS
+        ("SC_rgb_jpeg_gdcm.dcm", (100, 100), "RGB"),  # JPEG lossless
+        ("SC_rgb_dcmtk_+eb+cy+np.dcm", (100, 100), "RGB"),  # JPEG baseline YBR_FULL_422
+        ("MR_small_RLE.dcm", (64, 64), "L"),  # RLE
+        ("SC_rgb_rle.dcm", (100, 100), "RGB"),  # RLE colour
+        ("image_dfl.dcm", (512, 512), "L"),  # Deflated transfer syntax
+        ("examples_ybr_color.dcm", (320, 240), "RGB"),  # 30 frames, JPEG YBR
+        ("rtdose.dcm", (10, 10), "L"),  # 15 frames, 32-bit
+        ("examples_palette.dcm", (512, 224), "RGB"),  # PALETTE COLOR, 800 wide
+    ],
+)
+def test_compressed_colour_and_multiframe_files_give_jpegs(name, size, mode):
+    image = thumb(DATA / name)
+    assert (image.size, image.mode) == (size, mode)
+    assert np.asarray(image).std() > 5  # a picture, not a flat field
+
+
+def test_lossless_encodings_render_identically():
+    names = ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm",
+             "MR_small_jpeg_ls_lossless.dcm", "MR_small_bigendian.dcm"]
+    assert len({render_thumbnail(DATA / n) for n in names}) == 1
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["SC_rgb_dcmtk_+eb+cy+n1.dcm", "SC_ybr_full_422_uncompressed.dcm", "SC_rgb_gdcm_KY.dcm",
+     "SC_rgb_rle_16bit.dcm", "SC_rgb_rle_32bit.dcm"],
+)
+def test_ybr_and_deep_rgb_match_the_8bit_rgb_picture(name):
+    # Same picture as SC_rgb_rle.dcm, stored as YBR, YBR_RCT (J2K), 16 or 32 bits.
+    assert np.abs(pixels(DATA / name) - pixels(DATA / "SC_rgb_rle.dcm")).mean() < 4
+
+
+def test_palette_colour_is_rendered_in_colour():
+    rgb = pixels(DATA / "examples_palette.dcm")
+    assert np.abs(rgb[..., 0] - rgb[..., 2]).mean() > 2
+
+
+def test_multiframe_renders_first_frame():
+    frames = pixel_array(DATA / "SC_rgb_rle_2frame.dcm").astype(float)
+    rendered = pixels(DATA / "SC_rgb_rle_2frame.dcm")
+    assert np.abs(rendered - frames[0]).mean() < 5 < np.abs(rendered - frames[1]).mean()
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    ds = pydicom.dcmread(DATA / "MR_small.dcm")
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(tmp_path / "m1.dcm")
+    assert np.abs(pixels(tmp_path / "m1.dcm") - (255 - pixels(DATA / "MR_small.dcm"))).mean() < 2
+
+
+@pytest.mark.parametrize(
+    "name, max_size, size",
+    [
+        ("examples_jpeg2k.dcm", 512, (512, 384)),  # 640 x 480
+        ("CT_small.dcm", 64, (64, 64)),
+        ("examples_overlay.dcm", 512, (484, 300)),  # already small: not enlarged
+    ],
+)
+def test_downscales_to_max_size_only_when_larger(name, max_size, size):
+    assert thumb(DATA / name, max_size=max_size).size == size
+
+
+@pytest.mark.parametrize(
+    "name", ["test-SR.dcm", "rtplan.dcm", "waveform_ecg.dcm", "MR_truncated.dcm", "missing.dcm"]
+)
+def test_no_or_broken_pixel_data_raises_image_unavailable(name):
+    with pytest.raises(ImageUnavailable, match=name):
+        render_thumbnail(DATA / name)
+
+
+def test_non_dicom_file_raises_image_unavailable(tmp_path):
+    (tmp_path / "x.dcm").write_bytes(b"not a dicom file" * 100)
+    with pytest.raises(ImageUnavailable):
+        render_thumbnail(tmp_path / "x.dcm")
+
+
+def test_dicom_tags_lists_meta_then_dataset_in_file_order():
+    rows = dicom_tags(DATA / "CT_small.dcm")
+    assert rows[0] == {"element": "(0002,0000)", "name": "File Meta Information Group Length", "data": "192"}
+    assert {"element": "(0028,0010)", "name": "Rows", "data": "128"} in rows
+    assert {"element": "(0008,0008)", "name": "Image Type", "data": "ORIGINAL\\PRIMARY\\AXIAL"} in rows
+    top_level = [r["element"] for r in rows if not r["name"].startswith(">")]
+    assert top_level == sorted(top_level)  # file order is ascending tag order per level
+    assert "(7FE0,0010)" not in top_level
+
+
+def test_dicom_tags_nests_sequence_items_with_prefixes():
+    rows = dicom_tags(DATA / "test-SR.dcm")
+    ds = pydicom.dcmread(DATA / "test-SR.dcm")
+    assert len(rows) == len(ds.file_meta) + sum(1 for _ in ds.iterall())
+    i = rows.index({"element": "(0040,A043)", "name": "Concept Name Code Sequence", "data": ""})
+    assert rows[i + 1] == {"element": "(0008,0100)", "name": ">Code Value", "data": "1111"}
+    assert any(r["name"].startswith(">>") and not r["name"].startswith(">>>") for r in rows)
+
+
+def test_dicom_tags_summarises_bulk_binary_values():
+    rows = dicom_tags(DATA / "waveform_ecg.dcm")
+    assert {"element": "(5400,1010)", "name": ">Waveform Data", "data": "<binary data, 240000 bytes>"} in rows
+    assert max(len(r["data"]) for r in rows) < 4 * 1024
+
+
+def unzip_test(archive: Path) -> None:
+    if shutil.which("unzip"):
+        result = subprocess.run(["unzip", "-t", str(archive)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_iter_zip_round_trips_files_and_bytes_in_order(tmp_path):
+    files = [DATA / "CT_small.dcm", DATA / "MR_small.dcm", DATA / "examples_rgb_color.dcm"]
+    entries = [(f"series/{f.name}", f) for f in files] + [("manifest.txt", b"hello\n")]
+    chunks = list(iter_zip(entries, chunk_size=4096))
+    assert len(chunks) > len(entries) and max(map(len, chunks)) < 4096 + 1024
+    archive = tmp_path / "out.zip"
+    archive.write_bytes(b"".join(chunks))
+    with zipfile.ZipFile(archive) as zf:
+        assert zf.namelist() == [name for name, _ in entries]
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+        for f in files:
+            assert hashlib.md5(zf.read(f"series/{f.name}")).hexdigest() == file_md5(f)
+        assert zf.read("manifest.txt") == b"hello\n"
+        assert zf.testzip() is None
+    unzip_test(archive)
+
+
+def test_iter_zip_uses_zip64_above_the_limit(tmp_path, monkeypatch):
+    # Lowering zipfile's 2 GB limit exercises the ZIP64 path without 2 GB of data.
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 1000)
+    data = bytes(range(256)) * 20
+    archive = tmp_path / "out.zip"
+    archive.write_bytes(b"".join(iter_zip([("ct.dcm", DATA / "CT_small.dcm"), ("blob.bin", data)])))
+    monkeypatch.undo()
+    with zipfile.ZipFile(archive) as zf:
+        assert zf.read("blob.bin") == data
+        assert hashlib.md5(zf.read("ct.dcm")).hexdigest() == file_md5(DATA / "CT_small.dcm")
+    unzip_test(archive)
+
+
+def test_iter_zip_streams_large_file_with_bounded_memory(tmp_path):
+    big, block, blocks = tmp_path / "big.bin", bytes(range(256)) * 4096, 300
+    with open(big, "wb") as f:
+        for _ in range(blocks):
+            f.write(block)
+    total = 0
+    tracemalloc.start()
+    try:
+        for chunk in iter_zip([("big.bin", big)]):
+            total += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(block) * blocks < total < len(block) * blocks + 1024
+    assert peak < 50 * 1024 * 1024
+
+
+def test_file_md5_matches_hashlib_across_chunks(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 10_000)  # 2.5 MB: several 1 MB reads
+    assert file_md5(path) == hashlib.md5(path.read_bytes()).hexdigest()
