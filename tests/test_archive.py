@@ -336,24 +336,33 @@ def _cli(archive: Archive, *args: str) -> list[str]:
     return [sys.executable, "-m", "imaging_commons.cli", "--archive", str(archive.root), *args]
 
 
+def _start_working(command: list[str], env: dict) -> tuple[subprocess.Popen, float]:
+    """Start the CLI and return once its progress bar appears, i.e. once the imports are
+    done and the files are being read, so kills land in the work rather than at start-up."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc.stderr.read(1)
+    return proc, time.monotonic()
+
+
 def test_killing_ingest_at_any_moment_leaves_published_versions_intact(small_archive, extras):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(SRC_DIR), os.environ.get("PYTHONPATH")]))}
     command = _cli(small_archive, "ingest", str(SAMPLES), str(extras["dir"]),
-                   "--collection", "killed", "--publish", "--no-progress")
-    started = time.monotonic()
-    subprocess.run(command, env=env, check=True, capture_output=True)
-    full_run_s = time.monotonic() - started
+                   "--collection", "killed", "--publish")
+    proc, started = _start_working(command, env)
+    _, stderr = proc.communicate()
+    assert proc.returncode == 0, stderr
+    work_s = time.monotonic() - started
     seen = published_counts(small_archive)
     assert list(seen) == [1, 2]
 
     killed = 0
-    for fraction in (0.2, 0.4, 0.6, 0.8, 0.95):
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        time.sleep(full_run_s * fraction)
-        proc.send_signal(signal.SIGKILL)
+    for fraction in (0.1, 0.3, 0.5, 0.7, 0.9):  # reading files, staging, publishing, exiting
+        proc, started = _start_working(command, env)
+        time.sleep(max(0.0, started + work_s * fraction - time.monotonic()))
+        proc.kill()
         killed += proc.wait() == -signal.SIGKILL
+        proc.stderr.close()
         now = published_counts(small_archive)
         assert {v: now.get(v) for v in seen} == seen, f"after a kill at {fraction:.0%} of a run"
         seen = now
@@ -423,7 +432,8 @@ def idc(demo_archive_dir) -> Commons:
 @pytest.fixture(scope="module")
 def parquet():
     """A DuckDB connection of the test's own, with views over idc-index-data's Parquet files."""
-    con = duckdb.connect(config={"enable_progress_bar": False})
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     for name in ("idc_index", "prior_versions_index", "collections_index",
                  "analysis_results_index", "version_metadata_index"):
         con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{IDC_DIR / name}.parquet')")

@@ -6,10 +6,10 @@ paths are served with and without a trailing slash, and at the notebook's altern
 
 from __future__ import annotations
 
-import math
-from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Callable
+
+import orjson
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -48,8 +48,15 @@ def route(method: str, *paths: str, include_in_schema: bool = True, **kw) -> Cal
     return register
 
 
+class FastJSONResponse(JSONResponse):
+    """orjson renders large manifest pages several times faster than the standard library."""
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content, default=_json_default)
+
+
 def ok(body: dict, status: int = 200) -> JSONResponse:
-    return JSONResponse({"code": status, **body}, status_code=status)
+    return FastJSONResponse({"code": status, **body}, status_code=status)
 
 
 # ----- input validation ------------------------------------------------------------------
@@ -153,21 +160,23 @@ def normalised_filters(filters: dict) -> dict:
 
 
 # ----- wire shaping ----------------------------------------------------------------------
-def wire_value(name: str, value: Any) -> Any:
-    column = BY_NAME.get(name)
+def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
-        value = float(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (date, datetime)):
-        return value.isoformat()
-    if column is not None and column.wire_string and value is not None:
-        return str(value)
-    return value
+        return float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def wire_rows(rows: list[dict]) -> list[dict]:
-    return [{k: wire_value(k, v) for k, v in row.items()} for row in rows]
+    """Rows in wire form. orjson already writes dates as ISO text and NaN as null; what is left
+    is the numeric columns the real server returns as strings (pages are big: touch only those)."""
+    if not rows:
+        return rows
+    as_text = [k for k in rows[0] if BY_NAME.get(k) is not None and BY_NAME[k].wire_string]
+    for row in rows:
+        for k in as_text:
+            if row[k] is not None:
+                row[k] = str(row[k])
+    return rows
 
 
 def caller_key(user: User | None) -> str | None:

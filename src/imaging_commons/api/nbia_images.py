@@ -120,7 +120,15 @@ def tags_response(instance: downloads.StoredInstance) -> JSONResponse:
 
 
 def zip_response(series_uid: str, entries: list[tuple[str, Path | bytes]]) -> StreamingResponse:
-    return StreamingResponse(iter_zip(entries), media_type="application/zip", headers={
+    def batched(chunks, size=1 << 20):
+        parts, n = [], 0
+        for c in chunks:
+            parts.append(c); n += len(c)
+            if n >= size:
+                yield b"".join(parts); parts, n = [], 0
+        if parts:
+            yield b"".join(parts)
+    return StreamingResponse(batched(iter_zip(entries)), media_type="application/zip", headers={
         "Content-Disposition": f'attachment; filename="{series_uid}.zip"'})
 
 

@@ -231,8 +231,10 @@ def stage_clinical(catalog: Catalog, file: str | os.PathLike, collection: str, s
         raise CatalogError("--source must be a name of letters, digits and '_' "
                            "starting with a letter")
     con = catalog.connection()
-    reader = "read_parquet" if path.suffix.lower() == ".parquet" else "read_csv_auto"
-    src = f"{reader}('{path}')"
+    # CSV values stay as written unless they are numbers: the sniffer would otherwise turn
+    # yes/no into true/false (and dates into DATE), and a filter on "yes" would match nothing
+    src = (f"read_parquet('{path}')" if path.suffix.lower() == ".parquet" else
+           f"read_csv('{path}', auto_type_candidates=['BIGINT', 'DOUBLE', 'VARCHAR'])")
     try:
         columns = {d[0]: d[1] for d in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
     except Exception as e:  # duckdb raises several types for unreadable input

@@ -1,0 +1,165 @@
+"""IDC API v1 over the full imported IDC catalogue, through HTTP on loopback, as ratios against
+the same queries run in-process by raw DuckDB over the same data (an in-memory table).
+
+    .venv/bin/python bench/bench_idc_api.py [--archive PATH] [--skip-idc-index]
+
+Without --archive it imports the IDC catalogue into a temporary archive first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from imaging_commons.config import Archive  # noqa: E402
+from imaging_commons.core.commons import Commons  # noqa: E402
+from imaging_commons.core.idc_import import import_idc  # noqa: E402
+
+FILTER_SETS = [
+    ({"collection_id": ["NLST"], "Modality": ["CT"]}, ["SeriesInstanceUID", "GCS_URL"]),
+    ({"Modality": ["MR"]}, ["CRDC_Series_GUID"]),
+    ({"collection_id": ["TCGA-LUAD", "TCGA-KIRC"]}, ["Patient_ID", "SeriesInstanceUID"]),
+    ({"BodyPartExamined": ["CHEST", "LUNG"], "Modality": ["CT", "PT"]}, ["GCS_URL"]),
+    ({"collection_id": ["%cptac%"]}, ["StudyInstanceUID", "Collection_ID"]),
+]
+BIG = ({"Modality": ["MR"]}, ["SeriesInstanceUID", "GCS_URL"])
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def start_server(archive: Path, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "imaging_commons.cli", "--archive", str(archive),
+                             "serve", "--port", str(port)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            requests.get(f"http://127.0.0.1:{port}/v1/about", timeout=1)
+            return proc
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+def manifest(session, base, filters, fields, page_size):
+    params = {f: True for f in fields} | {"page_size": page_size, "sql": True}
+    r = session.post(f"{base}/v1/cohorts/preview/manifest", params=params,
+                     json={"name": "bench", "filters": filters})
+    r.raise_for_status()
+    return r.json()
+
+
+def raw_queries(con, commons: Commons, filters, fields):
+    """The SQL our server runs for this manifest, pointed at the baseline's in-memory table."""
+    state = {"kind": "manifest", "version": 25, "filters": filters, "fields": fields}
+    compiled = commons.compile_state(state, None)
+    sql = compiled.sql().replace(commons.catalog.relation(25, "items"), "items")
+    return sql, compiled.params
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--archive")
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--skip-idc-index", action="store_true")
+    args = ap.parse_args()
+    tmp = None
+    if args.archive:
+        archive = Path(args.archive)
+    else:
+        tmp = tempfile.TemporaryDirectory()
+        archive = Path(tmp.name) / "archive"
+        seconds, _ = timed(lambda: import_idc(Commons(Archive(archive)).catalog))
+        print(f"import-idc into a temporary archive: {seconds:.1f} s")
+    commons = Commons(Archive(archive))
+    segment = commons.catalog.segments_dir / commons.catalog.version(25).manifest["items"][0]
+    con = duckdb.connect()
+    con.execute(f"CREATE TABLE items AS SELECT * FROM read_parquet('{segment}') WHERE "
+                "version_min <= 25 AND (version_max IS NULL OR version_max >= 25)")
+    proc = start_server(archive, args.port)
+    base = f"http://127.0.0.1:{args.port}"
+    session = requests.Session()
+    try:
+        manifest(session, base, {"Modality": ["XA"]}, ["GCS_URL"], 10)  # load segments once
+        print("\nfirst manifest page (page_size 1000), cold, HTTP vs raw DuckDB page+count:")
+        ratios = []
+        for filters, fields in FILTER_SETS:
+            sql, params = raw_queries(con, commons, filters, fields)
+            raw_s, _ = timed(lambda: (con.execute(sql + " LIMIT 1000", params).fetchall(),
+                                      con.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()))
+            ours_s, body = timed(lambda: manifest(session, base, filters, fields, 1000))
+            ratios.append(ours_s / raw_s)
+            print(f"  {json.dumps(filters):60s} total {body['manifest']['totalFound']:>7}  "
+                  f"ours {ours_s * 1000:7.1f} ms  raw {raw_s * 1000:7.1f} ms  "
+                  f"ratio {ours_s / raw_s:5.2f}")
+        p50 = statistics.median(ratios)
+        print(f"  p50 ratio {p50:.2f} (goal <= 3)")
+
+        filters, fields = BIG
+        sql, params = raw_queries(con, commons, filters, fields)
+        raw_s, rows = timed(lambda: con.execute(sql, params).fetchall())
+        print(f"\npaging a whole manifest of {len(rows)} rows ({json.dumps(filters)}):")
+        print(f"  raw DuckDB, one unpaged query: {raw_s:.2f} s")
+        paging = {}
+        for page_size in (1000, commons.archive.max_page_size):
+            def page_all():
+                body = manifest(session, base, filters, fields, page_size)
+                got, latencies, token = len(body["manifest"]["json_manifest"]), [], body["next_page"]
+                while token:
+                    t0 = time.perf_counter()
+                    r = session.get(f"{base}/v1/cohorts/manifest/nextPage",
+                                    params={"next_page": token, "page_size": page_size})
+                    r.raise_for_status()
+                    latencies.append(time.perf_counter() - t0)
+                    nxt = r.json()
+                    got += len(nxt["manifest"]["json_manifest"])
+                    token = nxt["next_page"]
+                return got, latencies
+            total_s, (got, latencies) = timed(page_all)
+            assert got == len(rows), (got, len(rows))
+            paging[page_size] = (total_s, latencies)
+            print(f"  ours, page_size {page_size:>5}: {total_s:.2f} s in {len(latencies) + 1} "
+                  f"requests, ratio {total_s / raw_s:.2f} (goal <= 1.5)")
+        _, latencies = paging[1000]
+        first, last = statistics.median(latencies[:5]), statistics.median(latencies[-5:])
+        print(f"\nlast page vs first page (page_size 1000, nextPage, median of 5): "
+              f"{last * 1000:.1f} ms vs {first * 1000:.1f} ms, ratio {last / first:.2f} (goal <= 2)")
+
+        if not args.skip_idc_index:
+            from idc_index import IDCClient
+
+            client = IDCClient()
+            q = ("SELECT DISTINCT SeriesInstanceUID, series_aws_url FROM index WHERE "
+                 "collection_id = 'nlst' AND Modality = 'CT' ORDER BY 1, 2 LIMIT 1000")
+            idc_s, _ = timed(lambda: client.sql_query(q))
+            print(f"\nidc-index IDCClient().sql_query, first filter set: {idc_s * 1000:.0f} ms "
+                  f"(ours over HTTP, same filter set: see the first line above)")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if tmp:
+            tmp.cleanup()
+    print("\nreproduce: .venv/bin/python bench/bench_idc_api.py")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,730 @@
+"""NBIA-style metadata search over the active data version.
+
+NBIA thinks in patients -> studies -> series, addresses them by integer keys and counts
+patients. The catalogue holds one row per series (the IDC import) or per instance (ingested
+files), so each version gets a series index once: one row per series, image counts and sizes
+summed over instance rows, a stable integer key per series and a dense patient number whose
+order is the subject sort order. Every query here runs against that index, in DuckDB, with
+values passed as `?` parameters. Restricted collections the caller may not see are left out
+of every answer by the `Scope` the caller's queries run in.
+
+The queries are DuckDB-specific aggregations (materialised CTEs, list aggregates) over a table
+that only exists inside this process, so they are written as SQL templates with fixed
+fragments rather than through the portable cohort query layer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import re
+import threading
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .accounts import User
+from .catalog import Catalog, normalise_collection_id, stable_pk, stable_pk_sql
+
+# Species codes as NBIA sends them (SNOMED CT), by the catalogue's species names.
+SPECIES_CODES: Mapping[str, tuple[str, str]] = {
+    "human": ("337915000", "Homo sapiens"),
+    "mouse": ("447612001", "Mus musculus"),
+    "canine": ("448771007", "Canis lupus familiaris"),
+    "dog": ("448771007", "Canis lupus familiaris"),
+}
+PHANTOM = "phantom"
+
+SORT_FIELDS = ("subject", "collection", "studies", "series")
+ROW_BATCH = 5000
+
+# Searchable fields of the text search, in the order a hit is reported from, with the label
+# NBIA prints for them.
+TEXT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("seriesDesc", "SeriesDescription"),
+    ("studyDesc", "StudyDescription"),
+    ("manufacturer", "Manufacturer"),
+    ("manufacturerModelName", "ManufacturerModelName"),
+    ("modality", "Modality"),
+    ("bodyPartExamined", "BodyPartExamined"),
+    ("patientId", "PatientID"),
+    ("project", "collection"),
+    ("seriesInstanceUID", "SeriesInstanceUID"),
+    ("studyInstanceUID", "StudyInstanceUID"),
+)
+
+# Columns of a series record, the row every series-level answer is shaped from.
+SERIES_COLUMNS = (
+    "collection_id", "collection", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+    "Modality", "BodyPartExamined", "Manufacturer", "ManufacturerModelName",
+    "SeriesDescription", "SeriesNumber", "SeriesDate", "StudyDate", "StudyDescription",
+    "PatientSex", "PatientAge", "EthnicGroup", "SOPClassUID", "license_short_name",
+    "license_long_name", "license_url", "source_DOI", "analysis_result_id", "image_count",
+    "size_bytes", "version_min", "series_pk", "commercial_restricted",
+)
+_DESCRIPTIVE = (
+    "Modality", "BodyPartExamined", "Manufacturer", "ManufacturerModelName",
+    "SeriesDescription", "SeriesNumber", "SeriesDate", "StudyDate", "StudyDescription",
+    "PatientSex", "PatientAge", "EthnicGroup", "SOPClassUID", "license_short_name",
+    "source_DOI", "analysis_result_id",
+)
+
+
+class SearchError(Exception):
+    """A search the catalogue cannot answer as asked (no published version...)."""
+
+
+def patient_pk(collection_id: str, patient_id: str) -> int:
+    """A patient's integer key: PatientIDs are only unique within a collection."""
+    return stable_pk(f"{collection_id}/{patient_id}")
+
+
+def doi_url(doi: str | None) -> str | None:
+    return f"https://doi.org/{doi}" if doi else None
+
+
+def normalise_doi(text: str) -> str:
+    """'https://doi.org/10.7937/K9/X', 'doi:10.7937/k9/x' and '10.7937/K9/X' are one DOI."""
+    text = text.strip().lower()
+    return re.sub(r"^(https?://(dx\.)?doi\.org/|doi:)", "", text)
+
+
+@dataclass(frozen=True)
+class Species:
+    code: str
+    description: str
+    name: str  # as the catalogue writes it ("Human")
+
+
+def species_of(names: str | None) -> tuple[tuple[Species, ...], bool]:
+    """A collection's species and whether it is a phantom collection, from the catalogue's
+    species text ("Human", "Human, Mouse", "Phantom")."""
+    species, phantom = [], False
+    for name in (n.strip() for n in (names or "").split(",")):
+        if not name:
+            continue
+        if name.lower() == PHANTOM:
+            phantom = True
+            continue
+        code, description = SPECIES_CODES.get(name.lower(), (name, name))
+        species.append(Species(code, description, name))
+    return tuple(species), phantom
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    collection_id: str
+    name: str
+    species: tuple[Species, ...]
+    phantom: bool
+    doi: str | None
+    description: str | None
+    date_updated: str | None
+    license_short_name: str | None
+    license_long_name: str | None
+    license_url: str | None
+    restricted: bool
+
+
+@dataclass(frozen=True)
+class VersionIndex:
+    """What a data version's queries need: its series index table, its collections and the
+    publication date of every version (a series' release date is that of its first one)."""
+
+    version: int
+    table: str
+    items: str
+    collections: Mapping[str, CollectionInfo]
+    release_dates: Mapping[int, str]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A caller's view of the active version: the index plus what the caller may not see."""
+
+    index: VersionIndex
+    hidden: frozenset[str]
+
+    @property
+    def version(self) -> int:
+        return self.index.version
+
+    def visible_collections(self) -> list[CollectionInfo]:
+        return [c for c in self.index.collections.values() if c.collection_id not in self.hidden]
+
+    def collection(self, collection_id: str) -> CollectionInfo | None:
+        return self.index.collections.get(collection_id)
+
+    def release_date(self, version: int | None) -> str | None:
+        return self.index.release_dates.get(version) if version is not None else None
+
+    def versions_released_since(self, day: dt.date) -> list[int]:
+        return [v for v, d in self.index.release_dates.items() if d >= day.isoformat()]
+
+
+@dataclass
+class Criteria:
+    """A search: OR within a list, AND across them. Collection values may be names or ids;
+    species values codes or names; dates are inclusive."""
+
+    collections: list[str] = field(default_factory=list)
+    modalities: list[str] = field(default_factory=list)
+    body_parts: list[str] = field(default_factory=list)
+    manufacturers: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    patients: list[str] = field(default_factory=list)
+    study_uids: list[str] = field(default_factory=list)
+    series_uids: list[str] = field(default_factory=list)
+    series_pks: list[int] = field(default_factory=list)
+    species: list[str] = field(default_factory=list)
+    study_date_from: dt.date | None = None
+    study_date_to: dt.date | None = None
+    released_since: dt.date | None = None
+    min_studies: int | None = None
+    phantom: bool | None = None
+    third_party: bool | None = None
+    exclude_commercial: bool = False
+    modality_anded: bool = False
+    # The catalogue holds no longitudinal event data, so a time-point criterion matches nothing.
+    time_points: bool = False
+
+
+@dataclass(frozen=True)
+class Sort:
+    field: str = "subject"  # one of SORT_FIELDS
+    descending: bool = False
+
+
+@dataclass(frozen=True)
+class StudySeries:
+    study_uid: str
+    series_pks: list[int]
+
+
+@dataclass(frozen=True)
+class PatientResult:
+    collection_id: str
+    collection: str
+    patient_id: str
+    total_studies: int
+    total_series: int
+    modalities: list[str]
+    body_parts: list[str]
+    species: tuple[Species, ...]
+    studies: list[StudySeries]
+    hit: str | None = None
+
+    @property
+    def pk(self) -> int:
+        return patient_pk(self.collection_id, self.patient_id)
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    patients: list[PatientResult]
+    total_patients: int
+    modalities: list[tuple[str, int]]
+    body_parts: list[tuple[str, int]]
+    collections: list[tuple[str, int]]
+    species: list[tuple[Species, int]]
+
+
+@dataclass(frozen=True)
+class DrillDownStudy:
+    study_uid: str
+    study_date: str | None
+    description: str | None
+    series: list[dict]
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    series_pk: int
+    instance_number: int | None
+    size: int | None
+    collection: str
+
+
+class _Where:
+    """AND of SQL fragments with their `?` values, in order."""
+
+    def __init__(self):
+        self.fragments: list[str] = []
+        self.params: list = []
+
+    def add(self, fragment: str, *params) -> None:
+        self.fragments.append(fragment)
+        self.params.extend(params)
+
+    def any_of(self, column: str, values: Sequence, sql_type: str = "VARCHAR") -> None:
+        self.add(f"{column} IN (SELECT unnest(?::{sql_type}[]))", list(values))
+
+    @property
+    def sql(self) -> str:
+        return " AND ".join(self.fragments) or "true"
+
+
+class CatalogSearch:
+    """The NBIA search core of one archive. Thread-safe; each version's index is built once."""
+
+    def __init__(self, commons):
+        self.commons = commons
+        self.catalog: Catalog = commons.catalog
+        self._indexes: dict[int, VersionIndex] = {}
+        self._lock = threading.Lock()
+
+    # ----- scope ---------------------------------------------------------------------------
+    def scope(self, user: User | None) -> Scope:
+        """The active version as this caller may see it."""
+        try:
+            version = self.catalog.active_version()
+        except Exception as exc:  # CatalogError: nothing published yet
+            raise SearchError(str(exc)) from None
+        return Scope(self.index(version), self.commons.hidden_collections(user, version))
+
+    def index(self, version: int) -> VersionIndex:
+        with self._lock:
+            if version not in self._indexes:
+                self._indexes[version] = self._build_index(version)
+            return self._indexes[version]
+
+    def _build_index(self, version: int) -> VersionIndex:
+        items = self.catalog.relation(version, "items")
+        collections_rel = self.catalog.relation(version, "collections")
+        table = f"nbia_series_v{version}"
+        described = ", ".join(_DESCRIPTIVE)
+        first_values = ", ".join(f"any_value({c}) AS {c}" for c in _DESCRIPTIVE)
+        con = self.catalog.connection()
+        con.execute(f"""
+            CREATE OR REPLACE TABLE {table} AS
+            WITH series AS (
+                SELECT collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID,
+                       {described}, instance_count AS image_count,
+                       series_size_bytes AS size_bytes, version_min
+                FROM {items} WHERE level = 'series'
+                UNION ALL BY NAME
+                SELECT collection_id, SeriesInstanceUID, any_value(PatientID) AS PatientID,
+                       any_value(StudyInstanceUID) AS StudyInstanceUID, {first_values},
+                       sum(instance_count) AS image_count,
+                       sum(coalesce(instance_size, series_size_bytes)) AS size_bytes,
+                       min(version_min) AS version_min
+                FROM {items} WHERE level = 'instance'
+                GROUP BY collection_id, SeriesInstanceUID),
+            licenses AS (
+                SELECT license_short_name, any_value(license_long_name) AS license_long_name,
+                       any_value(license_url) AS license_url
+                FROM {collections_rel} WHERE license_short_name IS NOT NULL GROUP BY 1)
+            SELECT s.*, coalesce(c.collection_name, s.collection_id) AS collection,
+                   l.license_long_name, l.license_url,
+                   coalesce(contains(upper(s.license_short_name), 'NC'), false)
+                       AS commercial_restricted,
+                   dense_rank() OVER (ORDER BY s.PatientID, collection, s.collection_id)
+                       AS patient_no,
+                   hash(s.StudyInstanceUID) AS study_key,
+                   {stable_pk_sql('s.SeriesInstanceUID')} AS series_pk
+            FROM series s
+            LEFT JOIN {collections_rel} c ON c.collection_id = s.collection_id
+            LEFT JOIN licenses l ON l.license_short_name = s.license_short_name""")
+        rows = con.execute(f"""
+            SELECT collection_id, collection_name, species, doi, description, date_updated,
+                   license_short_name, license_long_name, license_url, coalesce(restricted, false)
+            FROM {collections_rel}""").fetchall()
+        # a collection ingested without metadata gets its species from its items
+        item_species = dict(con.execute(
+            f"SELECT collection_id, any_value(tcia_species) FROM {items} "
+            f"WHERE tcia_species IS NOT NULL GROUP BY 1").fetchall())
+        infos = {}
+        for cid, name, species_text, *rest in rows:
+            species, phantom = species_of(species_text or item_species.get(cid))
+            infos[cid] = CollectionInfo(cid, name or cid, species, phantom, *rest)
+        dates = {v.version: v.date_active for v in self.catalog.versions()}
+        return VersionIndex(version, table, items, infos, dates)
+
+    # ----- filters -------------------------------------------------------------------------
+    def _where(self, scope: Scope, criteria: Criteria) -> _Where:
+        """The series-level conditions of a search, visibility included."""
+        w = _Where()
+        if scope.hidden:
+            w.add("NOT list_contains(?, collection_id)", sorted(scope.hidden))
+        collections = self._collection_ids(scope, criteria)
+        if collections is not None:
+            w.any_of("collection_id", collections)
+        for column, values in (("Modality", criteria.modalities),
+                               ("BodyPartExamined", criteria.body_parts),
+                               ("Manufacturer", criteria.manufacturers),
+                               ("ManufacturerModelName", criteria.models),
+                               ("PatientID", criteria.patients),
+                               ("StudyInstanceUID", criteria.study_uids),
+                               ("SeriesInstanceUID", criteria.series_uids)):
+            if values:
+                w.any_of(column, values)
+        if criteria.series_pks:
+            w.any_of("series_pk", criteria.series_pks, "UBIGINT")
+        if criteria.study_date_from:
+            w.add("StudyDate >= ?", criteria.study_date_from.isoformat())
+        if criteria.study_date_to:
+            w.add("StudyDate <= ?", criteria.study_date_to.isoformat())
+        if criteria.released_since:
+            w.any_of("version_min", scope.versions_released_since(criteria.released_since),
+                     "BIGINT")
+        if criteria.third_party is not None:
+            w.add("analysis_result_id IS NOT NULL" if criteria.third_party
+                  else "analysis_result_id IS NULL")
+        if criteria.exclude_commercial:
+            w.add("NOT commercial_restricted")
+        if criteria.time_points:
+            w.add("false")
+        return w
+
+    @staticmethod
+    def _collection_ids(scope: Scope, criteria: Criteria) -> list[str] | None:
+        """Collections the search is limited to: named ones, narrowed by species and phantom
+        criteria (both are collection-level facts). None means no limit."""
+        infos = scope.index.collections.values()
+        chosen: set[str] | None = None
+        if criteria.collections:
+            chosen = {normalise_collection_id(c) for c in criteria.collections}
+        if criteria.species:
+            wanted = {s.strip().lower() for s in criteria.species}
+            by_species = {c.collection_id for c in infos if any(
+                s.code.lower() in wanted or s.name.lower() in wanted
+                or s.description.lower() in wanted for s in c.species)}
+            chosen = by_species if chosen is None else chosen & by_species
+        if criteria.phantom is not None:
+            by_phantom = {c.collection_id for c in infos if c.phantom == criteria.phantom}
+            chosen = by_phantom if chosen is None else chosen & by_phantom
+        return sorted(chosen) if chosen is not None else None
+
+    def _matches(self, scope: Scope, criteria: Criteria, columns: Sequence[str]) -> tuple[str, list]:
+        """CTEs `m` (matching series, `columns` plus the patient keys) and `p` (their
+        patients, with study and series counts) after the patient-level criteria."""
+        w = self._where(scope, criteria)
+        cols = ", ".join(dict.fromkeys(("patient_no", "study_key", "collection_id", "collection",
+                                        "PatientID", *columns)))
+        having = _Where()
+        if criteria.min_studies:
+            having.add("count(DISTINCT study_key) >= ?", criteria.min_studies)
+        if criteria.modality_anded and criteria.modalities:
+            having.add("count(DISTINCT Modality) = ?", len(set(criteria.modalities)))
+        patients = (f"SELECT patient_no, any_value(collection_id) AS collection_id, "
+                    f"any_value(collection) AS collection, any_value(PatientID) AS PatientID, "
+                    f"count(DISTINCT study_key) AS studies, count(*) AS series "
+                    f"FROM {{src}} GROUP BY patient_no")
+        if not having.fragments:
+            sql = (f"m AS MATERIALIZED (SELECT {cols} FROM {scope.index.table} WHERE {w.sql}), "
+                   f"p AS MATERIALIZED ({patients.format(src='m')})")
+            return sql, w.params
+        sql = (f"m0 AS MATERIALIZED (SELECT {cols} FROM {scope.index.table} WHERE {w.sql}), "
+               f"p AS MATERIALIZED ({patients.format(src='m0')} HAVING {having.sql}), "
+               f"m AS MATERIALIZED (SELECT * FROM m0 SEMI JOIN p USING (patient_no))")
+        return sql, w.params + having.params
+
+    @staticmethod
+    def _order(sort: Sort) -> str:
+        direction = "DESC" if sort.descending else "ASC"
+        key = {"subject": "patient_no", "collection": "collection", "studies": "studies",
+               "series": "series"}[sort.field]
+        tie = "" if key == "patient_no" else f", patient_no {direction}"
+        return f"{key} {direction}{tie}"
+
+    # ----- value lists and counts ----------------------------------------------------------
+    def value_counts(self, scope: Scope, column: str, criteria: Criteria) -> list[tuple[str, int]]:
+        """Distinct values of a series column with how many patients have them."""
+        key = {"Collection": "collection"}.get(column, column)
+        if key not in ("collection", "Modality", "BodyPartExamined", "Manufacturer"):
+            raise ValueError(f"not a counted column: {column}")
+        ctes, params = self._matches(scope, criteria, (key,))
+        return [tuple(r) for r in self.catalog.connection().execute(
+            f"WITH {ctes} SELECT {key}, count(DISTINCT patient_no) FROM m "
+            f"WHERE {key} IS NOT NULL GROUP BY 1 ORDER BY 1", params).fetchall()]
+
+    def values(self, scope: Scope, column: str, criteria: Criteria) -> list[str]:
+        return [value for value, _ in self.value_counts(scope, column, criteria)]
+
+    def species_counts(self, scope: Scope, criteria: Criteria) -> list[tuple[Species, int]]:
+        """Patients per species: a collection-level fact, summed over collection counts."""
+        return _species_totals(scope, self.value_counts_by_collection(scope, criteria))
+
+    def value_counts_by_collection(self, scope: Scope, criteria: Criteria) -> list[tuple[str, int]]:
+        ctes, params = self._matches(scope, criteria, ())
+        return [tuple(r) for r in self.catalog.connection().execute(
+            f"WITH {ctes} SELECT collection_id, count(*) FROM p GROUP BY 1 ORDER BY 1",
+            params).fetchall()]
+
+    def manufacturer_models(self, scope: Scope) -> list[tuple[str, str | None]]:
+        w = self._where(scope, Criteria())
+        return [tuple(r) for r in self.catalog.connection().execute(
+            f"SELECT DISTINCT Manufacturer, ManufacturerModelName FROM {scope.index.table} "
+            f"WHERE Manufacturer IS NOT NULL AND {w.sql} ORDER BY 1, 2 NULLS LAST",
+            w.params).fetchall()]
+
+    # ----- the simple search ---------------------------------------------------------------
+    def search(self, scope: Scope, criteria: Criteria, sort: Sort, start: int,
+               size: int) -> SearchPage:
+        """One page of patients (ordered, `start` = offset) with the facet counts of all of
+        them. Aggregates per patient in one statement; nests studies for the page only."""
+        ctes, params = self._matches(scope, criteria,
+                                     ("StudyInstanceUID", "series_pk", "Modality",
+                                      "BodyPartExamined"))
+        order = self._order(sort)
+        facet = ("(SELECT list((v, n) ORDER BY v) FROM (SELECT {col} AS v, "
+                 "count(DISTINCT patient_no) AS n FROM m WHERE {col} IS NOT NULL GROUP BY 1))")
+        row = self.catalog.connection().execute(f"""
+            WITH {ctes},
+            page AS MATERIALIZED (SELECT * FROM p ORDER BY {order} LIMIT ? OFFSET ?),
+            page_studies AS (
+                SELECT patient_no, StudyInstanceUID,
+                       list(series_pk ORDER BY series_pk) AS series_pks,
+                       list(DISTINCT Modality) FILTER (WHERE Modality IS NOT NULL) AS modalities,
+                       list(DISTINCT BodyPartExamined)
+                           FILTER (WHERE BodyPartExamined IS NOT NULL) AS body_parts
+                FROM m SEMI JOIN page USING (patient_no) GROUP BY 1, 2)
+            SELECT (SELECT count(*) FROM p),
+                   {facet.format(col='Modality')},
+                   {facet.format(col='BodyPartExamined')},
+                   (SELECT list((collection_id, n) ORDER BY collection_id)
+                    FROM (SELECT collection_id, count(*) AS n FROM p GROUP BY 1)),
+                   (SELECT list((patient_no, collection_id, collection, PatientID, studies,
+                                 series) ORDER BY {order}) FROM page),
+                   (SELECT list((patient_no, StudyInstanceUID, series_pks, modalities,
+                                 body_parts) ORDER BY patient_no, StudyInstanceUID)
+                    FROM page_studies)""", params + [size, start]).fetchone()
+        total, modalities, body_parts, by_collection, page, studies = row
+        by_collection = _tuples(by_collection)
+        return SearchPage(
+            patients=_nest(scope, _tuples(page), _tuples(studies)),
+            total_patients=total,
+            modalities=_tuples(modalities),
+            body_parts=_tuples(body_parts),
+            collections=sorted(((scope.collection(c).name, n) for c, n in by_collection),
+                               key=lambda x: x[0]),
+            species=_species_totals(scope, by_collection))
+
+    def page_series(self, scope: Scope, criteria: Criteria, sort: Sort, start: int,
+                    size: int) -> tuple[list[str], bool]:
+        """The series UIDs of one page of the simple search (what its manifest lists), and
+        whether any of them is under a license that forbids commercial use."""
+        ctes, params = self._matches(scope, criteria,
+                                     ("SeriesInstanceUID", "commercial_restricted"))
+        rows = self.catalog.connection().execute(f"""
+            WITH {ctes},
+            page AS MATERIALIZED (SELECT patient_no FROM p ORDER BY {self._order(sort)}
+                                  LIMIT ? OFFSET ?)
+            SELECT SeriesInstanceUID, commercial_restricted FROM m SEMI JOIN page USING (patient_no)
+            ORDER BY patient_no, StudyInstanceUID, SeriesInstanceUID""",
+            params + [size, start]).fetchall()
+        return [r[0] for r in rows], any(r[1] for r in rows)
+
+    # ----- text search ---------------------------------------------------------------------
+    def text_search(self, scope: Scope, text: str) -> tuple[list[PatientResult], list[str]]:
+        """Patients with a series whose descriptive fields contain `text` as a whole word
+        (case-insensitive), each with the first field that matched highlighted; plus the
+        matching series UIDs."""
+        pattern = _word_pattern(text)
+        w = self._where(scope, Criteria())
+        like = f"%{_escape_like(text)}%"
+        matches = " OR ".join(f"({col} ILIKE ? ESCAPE '\\' AND regexp_matches({col}, ?))"
+                              for _, col in TEXT_FIELDS)
+        first_hit = " ".join(f"WHEN {col} ILIKE ? ESCAPE '\\' AND regexp_matches({col}, ?) "
+                             f"THEN [{i}::VARCHAR, {col}]" for i, (_, col) in enumerate(TEXT_FIELDS))
+        pair = [like, pattern] * len(TEXT_FIELDS)
+        rows = self.catalog.connection().execute(f"""
+            WITH hits AS MATERIALIZED (
+                SELECT patient_no, collection_id, collection, PatientID, StudyInstanceUID,
+                       study_key, series_pk, SeriesInstanceUID,
+                       CASE {first_hit} END AS hit
+                FROM {scope.index.table} WHERE {w.sql} AND ({matches}))
+            SELECT patient_no, any_value(collection_id), any_value(collection),
+                   any_value(PatientID), count(DISTINCT study_key), count(*),
+                   min_by(hit, hit[1]::INTEGER),
+                   list((StudyInstanceUID, series_pk, SeriesInstanceUID)
+                        ORDER BY StudyInstanceUID, series_pk)
+            FROM hits GROUP BY patient_no ORDER BY patient_no""",
+            pair + w.params + pair).fetchall()
+        patients, series_uids = [], []
+        for _, cid, name, patient, n_studies, n_series, hit, series in rows:
+            studies: dict[str, list[int]] = {}
+            for study_uid, pk, series_uid in series:
+                studies.setdefault(study_uid, []).append(pk)
+                series_uids.append(series_uid)
+            info = scope.collection(cid)
+            patients.append(PatientResult(
+                cid, name, patient, n_studies, n_series, [], [], info.species if info else (),
+                [StudySeries(s, pks) for s, pks in studies.items()],
+                hit=highlight(TEXT_FIELDS[int(hit[0])][0], hit[1], text)))
+        return patients, series_uids
+
+    # ----- series, patients and studies ----------------------------------------------------
+    def iter_series(self, scope: Scope, criteria: Criteria) -> Iterator[list[dict]]:
+        """Series records in (collection, patient, study, series) order, in batches, for
+        answers that may run to the whole catalogue."""
+        w = self._where(scope, criteria)
+        cur = self.catalog.connection()
+        cur.execute(f"SELECT {', '.join(SERIES_COLUMNS)} FROM {scope.index.table} "
+                    f"WHERE {w.sql} ORDER BY collection_id, PatientID, StudyInstanceUID, "
+                    f"SeriesInstanceUID", w.params)
+        yield from _batches(cur, SERIES_COLUMNS)
+
+    def series(self, scope: Scope, criteria: Criteria) -> list[dict]:
+        return [row for batch in self.iter_series(scope, criteria) for row in batch]
+
+    def patients(self, scope: Scope, criteria: Criteria) -> list[dict]:
+        """Patients with a matching series: collection, PatientID, sex, ethnic group."""
+        w = self._where(scope, criteria)
+        return _records(self.catalog.connection().execute(f"""
+            SELECT collection_id, any_value(collection) AS collection, PatientID,
+                   any_value(PatientSex) AS PatientSex, any_value(EthnicGroup) AS EthnicGroup
+            FROM {scope.index.table} WHERE {w.sql}
+            GROUP BY collection_id, PatientID ORDER BY collection_id, PatientID""", w.params))
+
+    def studies(self, scope: Scope, criteria: Criteria) -> list[dict]:
+        """Studies with a matching series, with patient facts and their series count."""
+        w = self._where(scope, criteria)
+        return _records(self.catalog.connection().execute(f"""
+            SELECT collection_id, any_value(collection) AS collection,
+                   any_value(PatientID) AS PatientID, StudyInstanceUID,
+                   any_value(StudyDate) AS StudyDate,
+                   any_value(StudyDescription) AS StudyDescription,
+                   any_value(PatientAge) AS PatientAge, any_value(PatientSex) AS PatientSex,
+                   any_value(EthnicGroup) AS EthnicGroup, count(*) AS series_count
+            FROM {scope.index.table} WHERE {w.sql}
+            GROUP BY collection_id, StudyInstanceUID
+            ORDER BY collection_id, PatientID, StudyInstanceUID""", w.params))
+
+    def visible_series_uids(self, scope: Scope, uids: Sequence[str]) -> list[str]:
+        """The given series UIDs the caller may see, in the order given."""
+        found = {r["SeriesInstanceUID"] for r in self.series(scope, Criteria(series_uids=list(uids)))}
+        return [u for u in dict.fromkeys(uids) if u in found]
+
+    def series_for_levels(self, scope: Scope, patients: Sequence[str], studies: Sequence[str],
+                          series: Sequence[str], match_all: bool) -> list[str]:
+        """Series under any (or all) of the given patients, studies and series."""
+        levels = [(col, vals) for col, vals in (("PatientID", patients),
+                                                ("StudyInstanceUID", studies),
+                                                ("SeriesInstanceUID", series)) if vals]
+        w = self._where(scope, Criteria())
+        parts = [f"{col} IN (SELECT unnest(?::VARCHAR[]))" for col, _ in levels]
+        joined = (" AND " if match_all else " OR ").join(parts)
+        rows = self.catalog.connection().execute(
+            f"SELECT SeriesInstanceUID FROM {scope.index.table} WHERE {w.sql} AND ({joined}) "
+            f"ORDER BY collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID",
+            w.params + [list(v) for _, v in levels]).fetchall()
+        return [r[0] for r in rows]
+
+    def series_for_doi(self, scope: Scope, doi: str) -> list[dict]:
+        """Series whose source DOI, or whose collection's DOI, is `doi`."""
+        wanted = normalise_doi(doi)
+        by_collection = [c.collection_id for c in scope.visible_collections()
+                         if c.doi and normalise_doi(c.doi) == wanted]
+        w = self._where(scope, Criteria())
+        return _records(self.catalog.connection().execute(f"""
+            SELECT collection, SeriesInstanceUID, analysis_result_id IS NOT NULL AS third_party
+            FROM {scope.index.table}
+            WHERE {w.sql} AND (lower(source_DOI) = ? OR list_contains(?, collection_id))
+            ORDER BY collection, SeriesInstanceUID""", w.params + [wanted, by_collection]))
+
+    # ----- drill-downs ---------------------------------------------------------------------
+    def drill_down(self, scope: Scope, criteria: Criteria) -> list[DrillDownStudy]:
+        """Studies holding the matching series, each with those series only."""
+        studies: dict[str, DrillDownStudy] = {}
+        for row in self.series(scope, criteria):
+            study = studies.get(row["StudyInstanceUID"])
+            if study is None:
+                study = studies[row["StudyInstanceUID"]] = DrillDownStudy(
+                    row["StudyInstanceUID"], row["StudyDate"], row["StudyDescription"], [])
+            study.series.append(row)
+        return list(studies.values())
+
+    def images(self, scope: Scope, criteria: Criteria) -> list[ImageRecord]:
+        """The stored instances of the matching series (series known to the catalogue only
+        at series level have none), ordered by series then instance number."""
+        series = {r["SeriesInstanceUID"]: r for r in self.series(scope, criteria)}
+        if not series:
+            return []
+        rows = self.catalog.connection().execute(f"""
+            SELECT SOPInstanceUID, SeriesInstanceUID, StudyInstanceUID, InstanceNumber,
+                   instance_size
+            FROM {scope.index.items}
+            WHERE level = 'instance' AND SeriesInstanceUID IN (SELECT unnest(?::VARCHAR[]))
+            ORDER BY SeriesInstanceUID, InstanceNumber NULLS LAST, SOPInstanceUID""",
+            [list(series)]).fetchall()
+        return [ImageRecord(sop, s, study, series[s]["series_pk"], number, size,
+                            series[s]["collection"])
+                for sop, s, study, number, size in rows]
+
+
+_SEARCHES: "weakref.WeakKeyDictionary[object, CatalogSearch]" = weakref.WeakKeyDictionary()
+_SEARCHES_LOCK = threading.Lock()
+
+
+def search_for(commons) -> CatalogSearch:
+    """The one CatalogSearch of an archive's Commons, so its indexes are built once."""
+    with _SEARCHES_LOCK:
+        if commons not in _SEARCHES:
+            _SEARCHES[commons] = CatalogSearch(commons)
+        return _SEARCHES[commons]
+
+
+def highlight(label: str, value: str, text: str) -> str:
+    """NBIA's hit text: `<em>label</em>: value` with each whole-word match of `text` in
+    <strong>, HTML-escaped."""
+    out, last = [], 0
+    for m in re.finditer(rf"(?<![0-9A-Za-z]){re.escape(text)}(?![0-9A-Za-z])", value,
+                         flags=re.IGNORECASE):
+        out += [html.escape(value[last:m.start()]), f"<strong>{html.escape(m.group())}</strong>"]
+        last = m.end()
+    out.append(html.escape(value[last:]))
+    return f"<em>{label}</em>: {''.join(out)}"
+
+
+def _word_pattern(text: str) -> str:
+    """A case-insensitive whole-word pattern for `text` in RE2 (DuckDB), which has no
+    look-arounds."""
+    return rf"(?i)(?:^|[^0-9A-Za-z]){re.escape(text)}(?:$|[^0-9A-Za-z])"
+
+
+def _escape_like(text: str) -> str:
+    return re.sub(r"([\\%_])", r"\\\1", text)
+
+
+def _species_totals(scope: Scope, by_collection: list[tuple[str, int]]) -> list[tuple[Species, int]]:
+    totals: dict[Species, int] = {}
+    for cid, n in by_collection:
+        info = scope.collection(cid)
+        for species in info.species if info else ():
+            totals[species] = totals.get(species, 0) + n
+    return sorted(totals.items(), key=lambda x: x[0].code)
+
+
+def _tuples(values) -> list[tuple]:
+    """A list aggregate of unnamed STRUCTs, or [] for the NULL an empty aggregate gives."""
+    return [tuple(v) for v in values or []]
+
+
+def _nest(scope: Scope, page: list[tuple], studies: list[tuple]) -> list[PatientResult]:
+    by_patient: dict[int, list[tuple]] = {}
+    for patient_no, *rest in studies:
+        by_patient.setdefault(patient_no, []).append(tuple(rest))
+    out = []
+    for patient_no, cid, name, patient, n_studies, n_series in page:
+        rows = by_patient.get(patient_no, [])
+        info = scope.collection(cid)
+        out.append(PatientResult(
+            cid, name, patient, n_studies, n_series,
+            sorted({m for r in rows for m in r[2] or ()}),
+            sorted({b for r in rows for b in r[3] or ()}),
+            info.species if info else (), [StudySeries(r[0], list(r[1])) for r in rows]))
+    return out
+
+
+def _records(cursor) -> list[dict]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def _batches(cursor, names: Sequence[str]) -> Iterator[list[dict]]:
+    while rows := cursor.fetchmany(ROW_BATCH):
+        yield [dict(zip(names, row)) for row in rows]
