@@ -212,18 +212,31 @@ def open_token(request: Request, token: str, user: User | None, kind: str) -> di
     return state
 
 
-def manifest_body(page: Page, token: str | None, cohort: dict) -> dict:
-    return {"cohort": cohort,
-            "manifest": {"json_manifest": wire_rows(page.rows), "rowsReturned": len(page.rows),
-                         "totalFound": page.total},
+def page_body(page: Page, token: str | None, section: str, rows_key: str) -> dict:
+    return {section: {rows_key: wire_rows(page.rows), "rowsReturned": len(page.rows),
+                      "totalFound": page.total},
             "next_page": token}
+
+
+def manifest_body(page: Page, token: str | None, cohort: dict) -> dict:
+    return {"cohort": cohort, **page_body(page, token, "manifest", "json_manifest")}
 
 
 def query_body(page: Page, token: str | None, key: str, cohort: dict) -> dict:
-    return {key: cohort,
-            "query_results": {"json": wire_rows(page.rows), "rowsReturned": len(page.rows),
-                              "totalFound": page.total},
-            "next_page": token}
+    return {key: cohort, **page_body(page, token, "query_results", "json")}
+
+
+def paged(request: Request, user: User | None, state: dict, page_size: int,
+          shape: Callable[[Page, str | None], dict]) -> JSONResponse:
+    """Run one page of a paged request and shape it; a deadline overrun answers 202."""
+    page = run_page(request, state, user, page_size)
+    if isinstance(page, JSONResponse):
+        return page
+    return ok(shape(page, next_token(request, page, user)))
+
+
+def with_sql(cohort: dict, want_sql: bool, page: Page) -> dict:
+    return {**cohort, "sql": page.sql if want_sql else ""}
 
 
 # ----- descriptive endpoints -------------------------------------------------------------
@@ -426,19 +439,13 @@ def manifest_response(request: Request, user: User | None, definition: dict, coh
         raise ApiError(400, "Select at least one manifest column, e.g. GCS_URL=True")
     state = {"kind": "manifest", "version": definition["version"],
              "filters": definition["filters"], "fields": fields, "offset": 0}
-    page = run_page(request, state, user, page_size)
-    if isinstance(page, JSONResponse):
-        return page
-    return ok(manifest_body(page, next_token(request, page, user),
-                            {**cohort, "sql": page.sql if want_sql else ""}))
+    return paged(request, user, state, page_size,
+                 lambda page, token: manifest_body(page, token, with_sql(cohort, want_sql, page)))
 
 
 def manifest_next(request: Request, user: User | None, token: str, page_size: int):
-    state = open_token(request, token, user, "manifest")
-    page = run_page(request, state, user, page_size)
-    if isinstance(page, JSONResponse):
-        return page
-    return ok(manifest_body(page, next_token(request, page, user), {}))
+    return paged(request, user, open_token(request, token, user, "manifest"), page_size,
+                 lambda page, next_page: manifest_body(page, next_page, {}))
 
 
 @route("GET", "/cohorts/manifest/{cohort_id:int}", "/cohorts/{cohort_id:int}/manifest",
@@ -495,19 +502,13 @@ def query_response(request: Request, user: User | None, definition: dict, fields
     want_sql = parse_bool("sql", params.get("sql"))
     state = {"kind": "query", "version": definition["version"],
              "filters": definition["filters"], "fields": fields, "offset": 0}
-    page = run_page(request, state, user, page_size)
-    if isinstance(page, JSONResponse):
-        return page
-    return ok(query_body(page, next_token(request, page, user), "cohort_def",
-                         {**cohort, "sql": page.sql if want_sql else ""}))
+    return paged(request, user, state, page_size, lambda page, token: query_body(
+        page, token, "cohort_def", with_sql(cohort, want_sql, page)))
 
 
 def query_next(request: Request, user: User | None, token: str, page_size: int):
-    state = open_token(request, token, user, "query")
-    page = run_page(request, state, user, page_size)
-    if isinstance(page, JSONResponse):
-        return page
-    return ok(query_body(page, next_token(request, page, user), "cohort", {}))
+    return paged(request, user, open_token(request, token, user, "query"), page_size,
+                 lambda page, next_page: query_body(page, next_page, "cohort", {}))
 
 
 async def _cohort_query(request: Request, cohort_id: int, user: User):
@@ -566,14 +567,14 @@ def query_next_page(request: Request, user: User | None = Depends(optional_user)
 
 
 # ----- dicomMetadata ---------------------------------------------------------------------
-def dicom_metadata_page(request: Request, user: User, state: dict, page_size: int, cohort: dict | None):
-    page = run_page(request, state, user, page_size)
-    if isinstance(page, JSONResponse):
-        return page
-    body = query_body(page, next_token(request, page, user), "cohort", cohort or {})
-    if cohort is None:
-        body.pop("cohort")
-    return ok(body)
+def dicom_metadata_page(request: Request, user: User, state: dict, page_size: int,
+                        continuation: bool):
+    """dicomMetadata pages; continuations carry `"cohort": {}` as the real server's did."""
+    def shape(page, token):
+        body = page_body(page, token, "query_results", "json")
+        return {"cohort": {}, **body} if continuation else body
+
+    return paged(request, user, state, page_size, shape)
 
 
 @route("GET", "/dicomMetadata", "/cohorts/dicomMetadata",
@@ -583,10 +584,10 @@ def dicom_metadata(request: Request, user: User = Depends(required_user)):
     page_size = parse_page_size(request, params.get("page_size"))
     if params.get("next_page"):
         state = open_token(request, params["next_page"], user, "dicomMetadata")
-        return dicom_metadata_page(request, user, state, page_size, {})
+        return dicom_metadata_page(request, user, state, page_size, True)
     state = {"kind": "dicomMetadata", "filters": {}, "fields": [], "offset": 0,
              "version": version_number(request, params.get("idc_data_version"))}
-    return dicom_metadata_page(request, user, state, page_size, None)
+    return dicom_metadata_page(request, user, state, page_size, False)
 
 
 @route("GET", "/dicomMetadata/nextPage", "/dicomMetadata/nextpage",
@@ -597,5 +598,5 @@ def dicom_metadata_next(request: Request, user: User = Depends(required_user)):
         raise ApiError(400, "The next_page parameter is required")
     state = open_token(request, params["next_page"], user, "dicomMetadata")
     return dicom_metadata_page(request, user, state,
-                               parse_page_size(request, params.get("page_size")), {})
+                               parse_page_size(request, params.get("page_size")), True)
 
