@@ -1,8 +1,8 @@
 """Materialised, ordered query results: what makes paging cheap and counting once.
 
-The first request for a query materialises its ordered result into an in-memory DuckDB table
-with a row number; every page, however deep, is then a range scan on that number, and the
-total is known once. Versions are immutable, so a result never goes stale; it is keyed by the
+The first request for a query materialises its ordered result into an in-memory DuckDB table;
+every page, however deep, is then a range scan on the table's row ids, and the total is known
+once. Versions are immutable, so a result never goes stale; it is keyed by the
 compiled SQL and its parameters, and recomputed if it was evicted.
 """
 
@@ -74,21 +74,19 @@ class ResultStore:
                 break
 
     def _materialise(self, key: str, compiled: Compiled) -> Result:
+        """One sort: DuckDB keeps an ORDER BY's order when it creates the table, so a row's
+        position in the result is its rowid and a page is a rowid range."""
         con = self.catalog.connection()
         table = f"result_{key}"
         sql = compiled.sql("duckdb")
-        order = ", ".join(f'"{e.alias_or_name}"' for e in compiled.tree.expressions)
-        con.execute(
-            f'CREATE OR REPLACE TABLE "{table}" AS SELECT row_number() OVER (ORDER BY {order}) '
-            f'AS __rn, * FROM ({sql}) ORDER BY __rn', compiled.params)
+        con.execute(f'CREATE OR REPLACE TABLE "{table}" AS {sql}', compiled.params)
         total = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
         columns = tuple(e.alias_or_name for e in compiled.tree.expressions)
         return Result(key, table, total, columns, sql)
 
     def page(self, result: Result, offset: int, limit: int) -> list[dict]:
         con = self.catalog.connection()
-        cur = con.execute(
-            f'SELECT * EXCLUDE (__rn) FROM "{result.table}" WHERE __rn > ? AND __rn <= ? '
-            f'ORDER BY __rn', [offset, offset + limit])
+        cur = con.execute(f'SELECT * FROM "{result.table}" WHERE rowid >= ? AND rowid < ? '
+                          f'ORDER BY rowid', [offset, offset + limit])
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
