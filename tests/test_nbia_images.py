@@ -260,7 +260,8 @@ def test_single_image_is_the_stored_file(server, big_series, version):
 
 def test_single_image_must_belong_to_the_series(server, big_series):
     other = stored_sample(server, "CT_small.dcm")
-    response = call(server, "v4/getSingleImage", SeriesInstanceUID=big_series[0]["SeriesInstanceUID"],
+    response = call(server, "v4/getSingleImage",
+                    SeriesInstanceUID=big_series[0]["SeriesInstanceUID"],
                     SOPInstanceUID=other["SOPInstanceUID"])
     assert response.status_code == 404 and other["SOPInstanceUID"] in response.text
 
@@ -494,8 +495,9 @@ def test_an_invalid_token_is_refused(server, big_series):
     ("getMD5Hierarchy", {}, "exactly one of"),
     ("getMD5Hierarchy", {"SeriesInstanceUID": "1.2", "StudyInstanceUID": "1.2"}, "exactly one of"),
     ("v4/getImage", {"SeriesInstanceUID": "1.2", "seriesuid2": "x"}, "Invalid query parameter"),
-    ("v4/getSingleImage", {"SeriesInstanceUID": "1", "SOPInstanceUID": "2", "format": "json"},
-     "Allowed parameters are: [SeriesInstanceUID, SOPInstanceUID]"),
+    ("v4/getSingleImage", {"SeriesInstanceUID": "1", "SOPInstanceUID": "2", "colour": "red"},
+     "Invalid query parameter: 'colour'. Allowed parameters are: [SeriesInstanceUID, "
+     "SOPInstanceUID"),
 ])
 def test_missing_or_unknown_parameters_are_400_naming_them(server, path, params, expected):
     response = call(server, path, **params)
@@ -520,6 +522,12 @@ def test_garbage_identifiers_are_not_found_never_a_server_error(server, value):
     ]:
         response = call(server, path, method, **params)
         assert response.status_code in (400, 404), (path, value, response.text)
+
+
+def test_a_malformed_form_body_is_a_client_error(server):
+    response = requests.post(f"{server.url}{SERVICES}/getThumbnail", data=b"--x\r\ngarbage",
+                             headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert response.status_code == 400
 
 
 @pytest.mark.parametrize("image_id, status", [
@@ -559,6 +567,6 @@ def test_a_large_series_is_streamed_not_built_in_memory(tmp_path):
         finally:
             tracemalloc.stop()
     assert received > 60e6
-    assert peak_growth < received / 10, f"peak grew by {peak_growth / 1e6:.1f} MB"
+    assert peak_growth < received / 8, f"peak grew by {peak_growth / 1e6:.1f} MB"
     with zipfile.ZipFile(tmp_path / "series.zip") as zipped:
         assert len(zipped.namelist()) == 201 and zipped.testzip() is None

@@ -2,11 +2,12 @@
 
 Routes validate parameters, ask `core.downloads` which stored files are meant (and whether the
 caller may have them), and shape NBIA's wire formats; `core.imaging` does the file work.
-Zips are streamed chunk by chunk, so a series of any size costs about one chunk of memory.
+Zips are streamed block by block, so a series of any size costs a few MB of memory.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,7 +16,6 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import (FileResponse, JSONResponse, PlainTextResponse, Response,
                                StreamingResponse)
-from pydicom.errors import InvalidDicomError
 
 from ..core import downloads
 from ..core.accounts import User
@@ -23,64 +23,28 @@ from ..core.downloads import Level
 from ..core.imaging import ImageUnavailable, dicom_tags, iter_zip, render_thumbnail
 from .auth import nbia_user
 from .errors import ApiError
+from .nbia import SERVICES, Params, taking
 
 router = APIRouter(tags=["NBIA images"])
 
-SERVICES = "/nbia-api/services"
 HIERARCHY_PARAMETERS = {"SeriesInstanceUID": Level.SERIES, "StudyInstanceUID": Level.STUDY,
                         "PatientID": Level.PATIENT, "Collection": Level.COLLECTION}
 
 
-class Parameters:
-    """What a route was sent: the query string, plus form fields on POST.
-
-    Names match case-insensitively because clients disagree (the seed itself writes
-    `SOPInstanceUid`). On v4 paths a name the route does not take is refused, as the real v4
-    API does. Empty values count as missing."""
-
-    def __init__(self, values: dict[str, str]):
-        self._values = values
-
-    def get(self, name: str) -> str | None:
-        return self._values.get(name.lower()) or None
-
-    def required(self, name: str) -> str:
-        value = self.get(name)
-        if value is None:
-            raise ApiError(400, f"A parameter, {name}, is required for this API call.")
-        return value
-
-
-def taking(*allowed: str) -> Callable:
-    """A dependency that reads a route's parameters; `allowed` lists the names it takes."""
-    known = {name.lower() for name in allowed}
-
-    async def read(request: Request) -> Parameters:
-        pairs = list(request.query_params.multi_items())
-        if request.method == "POST":
-            form = await request.form()
-            pairs += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-        if "/v4/" in request.url.path:
-            unknown = next((name for name, _ in pairs if name.lower() not in known), None)
-            if unknown is not None:
-                raise ApiError(400, f"Invalid query parameter: '{unknown}'. Allowed parameters "
-                                    f"are: [{', '.join(allowed)}]")
-        values: dict[str, str] = {}
-        for name, value in pairs:
-            values.setdefault(name.lower(), value.strip())
-        return Parameters(values)
-
-    return read
-
-
 def serve(name: str, *prefixes: str, methods: tuple[str, ...] = ("GET",)) -> Callable:
-    """Register one handler as services/<prefix>/<name> for each prefix ('' = unversioned)."""
+    """Register one handler as services/<prefix>/<name> for each prefix ('' = unversioned),
+    documenting in OpenAPI the parameters its `taking` dependency reads."""
 
     def register(handler: Callable) -> Callable:
+        takes = inspect.signature(handler).parameters["params"].default.dependency
+        documented = {"parameters": [{"name": n, "in": "query", "schema": {"type": "string"}}
+                                     for n in takes.allowed]}
         for prefix in prefixes:
             path = "/".join(part for part in (SERVICES, prefix, name) if part)
-            router.add_api_route(path, handler, methods=list(methods), name=path,
-                                 summary=(handler.__doc__ or "").split("\n")[0])
+            for method in methods:  # one route per method keeps OpenAPI operation ids unique
+                router.add_api_route(path, handler, methods=[method],
+                                     summary=(handler.__doc__ or "").split("\n")[0],
+                                     openapi_extra=documented)
         return handler
 
     return register
@@ -110,25 +74,11 @@ def new_file_names(count: int) -> list[str]:
 
 
 def tags_response(instance: downloads.StoredInstance) -> JSONResponse:
-    """The tag listing of a stored file. `dicom_tags` reads only DICOM Part 10 files (with a
-    file meta header), while ingest also keeps older headerless files: say so clearly."""
-    try:
-        return JSONResponse(dicom_tags(instance.path))
-    except InvalidDicomError:
-        raise ApiError(500, f"Cannot list the tags of image {instance.sop_instance_uid}: its "
-                            f"stored file has no DICOM file meta header") from None
+    return JSONResponse(dicom_tags(instance.path))
 
 
 def zip_response(series_uid: str, entries: list[tuple[str, Path | bytes]]) -> StreamingResponse:
-    def batched(chunks, size=1 << 20):
-        parts, n = [], 0
-        for c in chunks:
-            parts.append(c); n += len(c)
-            if n >= size:
-                yield b"".join(parts); parts, n = [], 0
-        if parts:
-            yield b"".join(parts)
-    return StreamingResponse(batched(iter_zip(entries)), media_type="application/zip", headers={
+    return StreamingResponse(iter_zip(entries), media_type="application/zip", headers={
         "Content-Disposition": f'attachment; filename="{series_uid}.zip"'})
 
 
@@ -145,7 +95,7 @@ def series_instance(request: Request, user: User, series_uid: str,
 
 @serve("getImage", "v1", "v2", "v4")
 def get_image(request: Request, user: User = Depends(nbia_user),
-              params: Parameters = Depends(taking("SeriesInstanceUID", "NewFileNames"))):
+              params: Params = Depends(taking("SeriesInstanceUID", "NewFileNames"))):
     """A series as a zip: LICENSE first, then its images in InstanceNumber order.
 
     Images are named `<SOPInstanceUID>.dcm`, or `1-01.dcm`, `1-02.dcm`, ... with
@@ -162,7 +112,7 @@ def get_image(request: Request, user: User = Depends(nbia_user),
 
 @serve("getImageWithMD5Hash", "v1", "v2", "v4")
 def get_image_with_md5_hash(request: Request, user: User = Depends(nbia_user),
-                            params: Parameters = Depends(taking("SeriesInstanceUID"))):
+                            params: Params = Depends(taking("SeriesInstanceUID"))):
     """A series as a zip of `00000001.dcm`, ... in InstanceNumber order, then `md5hashes.csv`.
 
     The CSV (`Filename,MD5Hash`) gives the md5 recorded when each file was ingested, so a
@@ -178,7 +128,7 @@ def get_image_with_md5_hash(request: Request, user: User = Depends(nbia_user),
 
 @serve("getSingleImage", "v1", "v2", "v4")
 def get_single_image(request: Request, user: User = Depends(nbia_user),
-                     params: Parameters = Depends(taking("SeriesInstanceUID",
+                     params: Params = Depends(taking("SeriesInstanceUID",
                                                          "SOPInstanceUID"))):
     """One image of a series, as the stored DICOM file."""
     sop_uid = params.required("SOPInstanceUID")
@@ -189,7 +139,7 @@ def get_single_image(request: Request, user: User = Depends(nbia_user),
 
 @serve("getThumbnail", "", "v4", methods=("GET", "POST"))
 def get_thumbnail(request: Request, user: User = Depends(nbia_user),
-                  params: Parameters = Depends(taking("seriesUID", "objectUID"))):
+                  params: Params = Depends(taking("seriesUID", "objectUID"))):
     """A JPEG of an image's first frame, windowed, longest side at most 512 pixels.
 
     An object without displayable pixels (a report, a plan) is a 400, as on NBIA."""
@@ -201,7 +151,7 @@ def get_thumbnail(request: Request, user: User = Depends(nbia_user),
 
 @serve("getDicomTags", "", "v4")
 def get_dicom_tags(request: Request, user: User = Depends(nbia_user),
-                   params: Parameters = Depends(taking("SeriesUID"))):
+                   params: Params = Depends(taking("SeriesUID"))):
     """Every element of a series' first image (by InstanceNumber): [{element, name, data}],
     items of sequences prefixed with one `>` per level."""
     series_uid = params.required("SeriesUID")
@@ -212,7 +162,7 @@ def get_dicom_tags(request: Request, user: User = Depends(nbia_user),
 
 @serve("getDicomTagsByImageID", "", "v4")
 def get_dicom_tags_by_image_id(request: Request, user: User = Depends(nbia_user),
-                               params: Parameters = Depends(taking("imageID"))):
+                               params: Params = Depends(taking("imageID"))):
     """Every element of one image, addressed by its integer id (imagePkId)."""
     text = params.required("imageID")
     if not re.fullmatch(r"[0-9]{1,30}", text):
@@ -224,7 +174,7 @@ def get_dicom_tags_by_image_id(request: Request, user: User = Depends(nbia_user)
 
 @serve("getM5HashForImage", "v2", "v4")
 def get_md5_hash_for_image(request: Request, user: User = Depends(nbia_user),
-                           params: Parameters = Depends(taking("SOPInstanceUid"))):
+                           params: Params = Depends(taking("SOPInstanceUid"))):
     """The md5 of one stored image file, as text (the endpoint's name is NBIA's spelling)."""
     sop_uid = params.required("SOPInstanceUid")
     with answering_about("SOPInstanceUID", sop_uid):
@@ -234,7 +184,7 @@ def get_md5_hash_for_image(request: Request, user: User = Depends(nbia_user),
 
 @serve("getMD5Hierarchy", "", "v4", methods=("GET", "POST"))
 def get_md5_hierarchy(request: Request, user: User = Depends(nbia_user),
-                      params: Parameters = Depends(taking(*HIERARCHY_PARAMETERS))):
+                      params: Params = Depends(taking(*HIERARCHY_PARAMETERS))):
     """One md5 over every file below a series, study, patient or collection, as text.
 
     It is the md5 of the files' md5 hex digests sorted and joined by newlines, so it changes

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from .accounts import User
 from .catalog import normalise_collection_id, stable_pk_sql
+from .commons import Commons
 
 # stable_pk keeps 52 bits, so a larger number cannot be an image id (and must not reach SQL)
 _MAX_IMAGE_ID = (1 << 52) - 1
@@ -42,10 +43,6 @@ class NotFound(DownloadError):
 class NotHeldLocally(NotFound):
     """Catalogued (imported from IDC) but the files live in a public bucket, not here."""
 
-    def __init__(self, message: str, location: str):
-        super().__init__(message)
-        self.location = location
-
 
 class NotGranted(DownloadError):
     """Everything matching lies in restricted collections the caller has no grant for."""
@@ -57,7 +54,6 @@ class StoredInstance:
     series_instance_uid: str
     instance_number: int | None
     md5: str
-    size: int
     path: Path
     collection_id: str
     license_short_name: str | None
@@ -74,25 +70,26 @@ class SeriesFiles:
 
 
 _INSTANCE_COLUMNS = ("SOPInstanceUID", "SeriesInstanceUID", "InstanceNumber", "instance_md5",
-                     "instance_size", "blob_key", "collection_id", "license_short_name")
+                     "blob_key", "collection_id", "license_short_name")
 # NBIA's order for a series' images; the SOP UID only makes ties deterministic
 _INSTANCE_ORDER = "InstanceNumber NULLS FIRST, SOPInstanceUID"
 
 
-def series_instances(commons, user: User, series_uid: str) -> list[StoredInstance]:
+def series_instances(commons: Commons, user: User, series_uid: str) -> list[StoredInstance]:
     """The stored images of a series the caller may see, in download order."""
-    return _stored_instances(commons, user, {Level.SERIES: series_uid})
+    return _stored_instances(_View.of(commons, user), {Level.SERIES: series_uid})
 
 
-def series_files(commons, user: User, series_uid: str) -> SeriesFiles:
+def series_files(commons: Commons, user: User, series_uid: str) -> SeriesFiles:
     """A series' images plus the licence text that goes with a download of them."""
-    instances = series_instances(commons, user, series_uid)
+    view = _View.of(commons, user)
+    instances = _stored_instances(view, {Level.SERIES: series_uid})
     collection_id = instances[0].collection_id
     return SeriesFiles(series_uid, collection_id, tuple(instances),
-                       _license_text(commons, collection_id, instances[0].license_short_name))
+                       _license_text(view, collection_id, instances[0].license_short_name))
 
 
-def series_instance(commons, user: User, series_uid: str, sop_uid: str) -> StoredInstance:
+def series_instance(commons: Commons, user: User, series_uid: str, sop_uid: str) -> StoredInstance:
     """One image of a series; the series is checked first so its errors take precedence."""
     for instance in series_instances(commons, user, series_uid):
         if instance.sop_instance_uid == sop_uid:
@@ -100,21 +97,21 @@ def series_instance(commons, user: User, series_uid: str, sop_uid: str) -> Store
     raise NotFound(f"No image with SOPInstanceUID {sop_uid} in series {series_uid}")
 
 
-def instance_by_sop_uid(commons, user: User, sop_uid: str) -> StoredInstance:
-    return _single_instance(commons, user, '"SOPInstanceUID" = ?', sop_uid,
+def instance_by_sop_uid(commons: Commons, user: User, sop_uid: str) -> StoredInstance:
+    return _single_instance(_View.of(commons, user), '"SOPInstanceUID" = ?', sop_uid,
                             f"No image with SOPInstanceUID {sop_uid}")
 
 
-def instance_by_image_id(commons, user: User, image_id: int) -> StoredInstance:
+def instance_by_image_id(commons: Commons, user: User, image_id: int) -> StoredInstance:
     """An image by NBIA's integer id (imagePkId), which is stable_pk(SOPInstanceUID)."""
     missing = f"No image with imageID {image_id}"
     if not 0 <= image_id <= _MAX_IMAGE_ID:
         raise NotFound(missing)
-    return _single_instance(commons, user, f"{stable_pk_sql('SOPInstanceUID')} = ?", image_id,
-                            missing)
+    return _single_instance(_View.of(commons, user), f"{stable_pk_sql('SOPInstanceUID')} = ?",
+                            image_id, missing)
 
 
-def md5_hierarchy(commons, user: User, scope: dict[Level, str]) -> str:
+def md5_hierarchy(commons: Commons, user: User, scope: dict[Level, str]) -> str:
     """One checksum for every stored file below a hierarchy node (a series, a study, a patient
     or a collection, optionally narrowed by more levels, e.g. a patient within a collection).
 
@@ -122,32 +119,53 @@ def md5_hierarchy(commons, user: User, scope: dict[Level, str]) -> str:
     exactly when a file below is added, removed or changes content, and does not depend on
     the order files were ingested in. Files in collections the caller may not see are left out.
     """
-    digests = sorted(i.md5 for i in _stored_instances(commons, user, scope))
+    digests = sorted(i.md5 for i in _stored_instances(_View.of(commons, user), scope))
     return hashlib.md5("\n".join(digests).encode(), usedforsecurity=False).hexdigest()
 
 
-def _single_instance(commons, user: User, condition: str, value, missing: str) -> StoredInstance:
-    rows = _query_instances(commons, condition, [value])
+@dataclass(frozen=True)
+class _View:
+    """One request's look at the archive: the active version, read once so that a publish in
+    the middle cannot mix two versions, and the collections hidden from the caller."""
+
+    commons: Commons
+    version: int
+    hidden: frozenset[str]
+
+    @classmethod
+    def of(cls, commons: Commons, user: User) -> _View:
+        version = commons.catalog.active_version()
+        return cls(commons, version, commons.hidden_collections(user, version))
+
+    def relation(self, kind: str) -> str:
+        return self.commons.catalog.relation(self.version, kind)
+
+    def execute(self, sql: str, params: list) -> list[tuple]:
+        return self.commons.catalog.connection().execute(sql, params).fetchall()
+
+
+def _single_instance(view: _View, condition: str, value, missing: str) -> StoredInstance:
+    rows = _query_instances(view, condition, [value])
     if not rows:
         raise NotFound(missing)
-    visible = _visible(commons, user, rows)
+    visible = [r for r in rows if r.collection_id not in view.hidden]
     if not visible:
         raise NotGranted(f"{missing} that the caller may see")
     return visible[0]
 
 
-def _stored_instances(commons, user: User, scope: dict[Level, str]) -> list[StoredInstance]:
+def _stored_instances(view: _View, scope: dict[Level, str]) -> list[StoredInstance]:
     """Visible stored instances matching every level of `scope`, in download order; raises
     when there are none, saying whether they are unknown, restricted or held elsewhere."""
     described = ", ".join(f"{level.name.lower()} {value}" for level, value in scope.items())
     condition, params = _scope_condition(scope)
-    rows = _query_instances(commons, condition, params)
+    rows = _query_instances(view, condition, params)
     if rows:
-        visible = _visible(commons, user, rows)
+        visible = [r for r in rows if r.collection_id not in view.hidden]
         if not visible:
             raise NotGranted(f"{described} is in a restricted collection")
         return visible
-    _explain_absence(commons, user, condition, params, described)
+    _explain_absence(view, condition, params, described)
 
 
 def _scope_condition(scope: dict[Level, str]) -> tuple[str, list[str]]:
@@ -156,39 +174,26 @@ def _scope_condition(scope: dict[Level, str]) -> tuple[str, list[str]]:
     return " AND ".join(f'"{level.value}" = ?' for level in scope), params
 
 
-def _query_instances(commons, condition: str, params: list) -> list[StoredInstance]:
-    catalog = commons.catalog
-    items = catalog.relation(catalog.active_version(), "items")
+def _query_instances(view: _View, condition: str, params: list) -> list[StoredInstance]:
     columns = ", ".join(f'"{c}"' for c in _INSTANCE_COLUMNS)
-    rows = catalog.connection().execute(
-        f"SELECT {columns} FROM {items} WHERE level = 'instance' AND {condition} "
-        f"ORDER BY {_INSTANCE_ORDER}", params).fetchall()
-    blob_dir = commons.archive.blob_dir
-    return [StoredInstance(sop, series, number, md5, size, blob_dir / key, collection, license)
-            for sop, series, number, md5, size, key, collection, license in rows]
+    rows = view.execute(f"SELECT {columns} FROM {view.relation('items')} "
+                        f"WHERE level = 'instance' AND {condition} ORDER BY {_INSTANCE_ORDER}",
+                        params)
+    blob_dir = view.commons.archive.blob_dir
+    return [StoredInstance(sop, series, number, md5, blob_dir / key, collection, license)
+            for sop, series, number, md5, key, collection, license in rows]
 
 
-def _visible(commons, user: User, rows: list[StoredInstance]) -> list[StoredInstance]:
-    hidden = commons.hidden_collections(user, commons.catalog.active_version())
-    return [r for r in rows if r.collection_id not in hidden]
-
-
-def _explain_absence(commons, user: User, condition: str, params: list,
-                     described: str) -> NoReturn:
+def _explain_absence(view: _View, condition: str, params: list, described: str) -> NoReturn:
     """Raise the right error when no stored file matches: series rows imported from the IDC
     catalogue have no local files, but their gcs_url says where the files are."""
-    catalog = commons.catalog
-    version = catalog.active_version()
-    items = catalog.relation(version, "items")
-    rows = catalog.connection().execute(
-        f"SELECT collection_id, count(*), min(gcs_url) FROM {items} "
-        f"WHERE level = 'series' AND {condition} GROUP BY collection_id ORDER BY 1",
-        params).fetchall()
+    rows = view.execute(f"SELECT collection_id, count(*), min(gcs_url) FROM "
+                        f"{view.relation('items')} WHERE level = 'series' AND {condition} "
+                        f"GROUP BY collection_id ORDER BY 1", params)
     if not rows:
         raise NotFound(f"No {described} in this archive")
-    hidden = commons.hidden_collections(user, version)
     visible = [(count, location) for collection, count, location in rows
-               if collection not in hidden]
+               if collection not in view.hidden]
     if not visible:
         raise NotGranted(f"{described} is in a restricted collection")
     count = sum(c for c, _ in visible)
@@ -196,17 +201,14 @@ def _explain_absence(commons, user: User, condition: str, params: list,
     where = (f"its files are in the public bucket at {location}" if count == 1 else
              f"the files of its {count} series are in the public bucket, e.g. {location}")
     raise NotHeldLocally(f"The files of {described} are not stored on this server: it is "
-                         f"catalogued from the NCI Imaging Data Commons and {where}", location)
+                         f"catalogued from the NCI Imaging Data Commons and {where}")
 
 
-def _license_text(commons, collection_id: str, item_license: str | None) -> str:
+def _license_text(view: _View, collection_id: str, item_license: str | None) -> str:
     """The LICENSE entry of a download: the collection's licence as the catalogue records it."""
-    catalog = commons.catalog
-    collections = catalog.relation(catalog.active_version(), "collections")
-    row = catalog.connection().execute(
-        f"SELECT license_short_name, license_long_name, license_url FROM {collections} "
-        f"WHERE collection_id = ?", [collection_id]).fetchone()
-    short, long_name, url = row or (None, None, None)
+    rows = view.execute(f"SELECT license_short_name, license_long_name, license_url FROM "
+                        f"{view.relation('collections')} WHERE collection_id = ?", [collection_id])
+    short, long_name, url = rows[0] if rows else (None, None, None)
     short = short or item_license
     lines = [f"Collection: {collection_id}"]
     if not (short or long_name or url):

@@ -106,9 +106,10 @@ def dicom_tags(path: str | Path) -> list[dict[str, str]]:
     ``"<binary data, N bytes>"``. Top-level Pixel Data is omitted entirely:
     the file is read with ``stop_before_pixels`` so listing tags never loads
     the image (elements stored after it, such as trailing padding, are
-    omitted too). Non-DICOM files raise ``pydicom.errors.InvalidDicomError``.
+    omitted too). Files without a preamble/file meta (which ingest accepts when
+    they carry their UIDs) are read with ``force``.
     """
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     return list(_rows(ds.file_meta, 0)) + list(_rows(ds, 0))
 
 
@@ -148,9 +149,11 @@ class _Sink:
 
     def __init__(self) -> None:
         self._parts: list[bytes] = []
+        self.held = 0
 
     def write(self, data: bytes) -> int:
         self._parts.append(bytes(data))
+        self.held += len(data)
         return len(data)
 
     def flush(self) -> None:
@@ -159,6 +162,7 @@ class _Sink:
     def drain(self) -> bytes:
         data = b"".join(self._parts)
         self._parts.clear()
+        self.held = 0
         return data
 
 
@@ -170,7 +174,8 @@ def iter_zip(entries: Iterable[tuple[str, Path | bytes]], chunk_size: int = 1 <<
     is never seeked. Files are read ``chunk_size`` bytes at a time, so memory
     stays around one chunk whatever the archive size; members over 2 GB use
     ZIP64. Path members keep their modification time, bytes members get the
-    current time.
+    current time. Output is yielded in blocks of about ``chunk_size`` (never one
+    tiny piece per member), since each block a server sends costs a socket write.
     """
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as archive:
@@ -187,8 +192,10 @@ def iter_zip(entries: Iterable[tuple[str, Path | bytes]], chunk_size: int = 1 <<
                     with open(source, "rb") as f:
                         for chunk in iter(partial(f.read, chunk_size), b""):
                             member.write(chunk)
-                            yield sink.drain()
-            yield sink.drain()
+                            if sink.held >= chunk_size:
+                                yield sink.drain()
+            if sink.held >= chunk_size:
+                yield sink.drain()
     yield sink.drain()
 
 
