@@ -7,6 +7,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from imaging_commons.core.idc_import import import_idc
 from imaging_commons.core.ingest import ingest, publish
 
 SAMPLES = pydicom_sample_dir()
+PG_HOST, PG_PORT = "127.0.0.1", 5432
 
 
 def free_port() -> int:
@@ -59,6 +61,28 @@ class LiveServer:
         accounts = self.commons.accounts
         user = accounts.get_user(username) or accounts.add_user(username, password, **kw)
         return accounts.issue_tokens(user).access_token
+
+
+def postgres_schema_url():
+    """Yields a URL whose search_path is a fresh schema, so parallel runs never share tables."""
+    psycopg = pytest.importorskip("psycopg")
+    for user in ("postgres", "root"):
+        try:
+            conn = psycopg.connect(host=PG_HOST, port=PG_PORT, user=user, dbname="test",
+                                   connect_timeout=3, autocommit=True)
+            break
+        except psycopg.OperationalError:
+            continue
+    else:
+        pytest.skip(f"no PostgreSQL on {PG_HOST}:{PG_PORT}")
+    schema = f"accounts_test_{uuid.uuid4().hex}"
+    with conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            yield (f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/test"
+                   f"?options=-csearch_path%3D{schema}")
+        finally:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 @pytest.fixture(scope="session")

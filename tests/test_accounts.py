@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import create_engine, text
 
+from conftest import postgres_schema_url
+
 from imaging_commons.core.accounts import (COHORT_DELETED, COHORT_NOT_FOUND, COHORT_NOT_OWNER,
                                            OWNER, READER, AccountError, Accounts, Forbidden,
                                            InvalidToken, NotFound)
 
-PG_HOST = "127.0.0.1"
-PG_PORT = 5432
 
 
 class Clock:
@@ -31,34 +30,12 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-def _postgres_schema_url():
-    """Yields a URL whose search_path is a fresh schema, so parallel runs never share tables."""
-    psycopg = pytest.importorskip("psycopg")
-    for user in ("postgres", "root"):
-        try:
-            conn = psycopg.connect(host=PG_HOST, port=PG_PORT, user=user, dbname="test",
-                                   connect_timeout=3, autocommit=True)
-            break
-        except psycopg.OperationalError:
-            continue
-    else:
-        pytest.skip(f"no PostgreSQL on {PG_HOST}:{PG_PORT}")
-    schema = f"accounts_test_{uuid.uuid4().hex}"
-    with conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-        try:
-            yield (f"postgresql+psycopg://{user}@{PG_HOST}:{PG_PORT}/test"
-                   f"?options=-csearch_path%3D{schema}")
-        finally:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'accounts.sqlite'}"
     else:
-        yield from _postgres_schema_url()
+        yield from postgres_schema_url()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import pytest
 from pydicom.sr.codedict import codes
 
 import imaging_commons
+from conftest import postgres_schema_url
 from imaging_commons.config import Archive
 from imaging_commons.core import catalog as catalog_module
 from imaging_commons.core.accounts import OWNER
@@ -31,7 +32,6 @@ from imaging_commons.core.commons import Commons
 from imaging_commons.core.demo import pydicom_sample_dir
 from imaging_commons.core.ingest import ingest, publish, stage_clinical
 from imaging_commons.core.schema import CATEGORICAL, CONTINUOUS_NUMERIC, DICOM_METADATA_COLUMNS
-from test_accounts import _postgres_schema_url  # the one PostgreSQL schema-per-test helper
 
 SAMPLES = pydicom_sample_dir()
 SRC_DIR = Path(imaging_commons.__file__).resolve().parents[1]
@@ -127,9 +127,9 @@ def write_measurement_sr(source: Path, dest: Path, diameter_mm: float) -> str:
         referenced_region=region,
         measurements=[hd.sr.Measurement(name=codes.SCT.Diameter, value=diameter_mm,
                                         unit=codes.UCUM.Millimeter)])
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Person,
-        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name="Test^Reader"))
+    reader = hd.sr.PersonObserverIdentifyingAttributes(name="Test^Reader")
+    observer = hd.sr.ObserverContext(observer_type=codes.DCM.Person,
+                                     observer_identifying_attributes=reader)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_person_context=observer),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion, imaging_measurements=[group])
@@ -390,6 +390,9 @@ def test_restricted_flag_is_recorded_and_hides_the_collection(small_archive, ext
         {"pydicom_samples"}
     assert {r["collection_id"] for r in commons.page(state, admin, 100, None).rows} == \
         {"pydicom_samples", "private_trial"}
+    # more files without --restricted: the collection stays restricted
+    ingest(commons.catalog, [extras["dir"] / "sr.dcm"], "Private Trial")
+    assert commons.catalog.restricted_collections(publish(commons.catalog)) == {"private_trial"}
 
 
 # ----- clinical tables and the attribute registry -------------------------------------------
@@ -494,7 +497,7 @@ def test_version_20_series_differ_from_25_as_prior_versions_index_says(idc, parq
 # ----- accounts on PostgreSQL ---------------------------------------------------------------
 @pytest.fixture
 def postgres_url():
-    yield from _postgres_schema_url()
+    yield from postgres_schema_url()
 
 
 def test_postgresql_accounts_url_keeps_users_and_cohorts(small_archive, postgres_url):

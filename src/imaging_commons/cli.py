@@ -31,7 +31,19 @@ def _fail(message: str, code: int = 1):
 
 
 class _Cli(click.Group):
-    """Turns the core's expected errors into one-line messages and a non-zero exit code."""
+    """Turns the core's expected errors and usage mistakes into one-line messages and a
+    non-zero exit code (1: the command failed, 2: it was called wrong)."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            _fail("aborted")
+        except click.UsageError as e:
+            _fail(f"{e.format_message()} (see --help)", 2)
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
 
     def invoke(self, ctx):
         from .core.accounts import AccountError
@@ -83,15 +95,17 @@ def import_idc_cmd(ctx):
 @click.option("--species", help="Species, e.g. Human.")
 @click.option("--cancer-type", help="Cancer type.")
 @click.option("--program", help="Program the collection belongs to.")
+@click.option("--tumor-location", help="Tumor location, e.g. Lung.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
 def ingest(ctx, paths, collection, restricted, publish_now, description, doi, license_short_name,
-           species, cancer_type, program, no_progress):
+           species, cancer_type, program, tumor_location, no_progress):
     """Ingest DICOM files and folders into the staged next version."""
     from .core.ingest import ingest as run_ingest, publish
 
     meta = {"description": description, "doi": doi, "license_short_name": license_short_name,
-            "species": species, "cancer_type": cancer_type, "program": program}
+            "species": species, "cancer_type": cancer_type, "program": program,
+            "tumor_location": tumor_location}
     report = run_ingest(_commons(ctx).catalog, paths, collection, restricted=restricted,
                         metadata=meta, progress=not no_progress)
     for line in report.lines():

@@ -216,7 +216,10 @@ def _stage_collection(catalog: Catalog, collection_id: str, name: str, restricte
     entry = collections.get(collection_id, {})
     entry.update({k: v for k, v in meta.items() if k in COLLECTION_COLUMNS and v is not None})
     entry.setdefault("collection_name", name)
-    entry["restricted"] = bool(restricted or entry.get("restricted"))
+    # restriction is sticky: adding files without --restricted must not make a collection public
+    active = catalog._state()["active"]
+    was_restricted = active is not None and collection_id in catalog.restricted_collections(active)
+    entry["restricted"] = bool(restricted or was_restricted or entry.get("restricted"))
     collections[collection_id] = entry
     catalog.write_stage(stage)
 

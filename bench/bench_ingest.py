@@ -1,0 +1,145 @@
+"""Ingest throughput (files/s) as a ratio to a bare `pydicom.dcmread(stop_before_pixels=True)`
+loop over the same files, both measured in the same run. Goal: ratio >= 0.7.
+
+    .venv/bin/python bench/bench_ingest.py [--copies N] [--repeat N] [--profile]
+
+The corpus is pydicom's own test files that are DICOM with Study/Series/SOP Instance UIDs,
+plus synthesized copies of them (each with a new SOPInstanceUID, written by pydicom) so that
+there are at least 500 files; the output says how many were synthesized.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import pstats
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import generate_uid
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from imaging_commons.config import Archive  # noqa: E402
+from imaging_commons.core.catalog import Catalog  # noqa: E402
+from imaging_commons.core.demo import pydicom_sample_dir  # noqa: E402
+from imaging_commons.core.ingest import ingest  # noqa: E402
+
+GOAL = 0.7
+MIN_FILES = 500
+UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+def usable_samples() -> list[Path]:
+    """pydicom's test files that read as DICOM with all three UIDs, deliberately cut ones
+    excluded: the files both loops should succeed on."""
+    usable = []
+    for path in sorted(pydicom_sample_dir().rglob("*")):
+        if not path.is_file() or "truncated" in path.name:
+            continue
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        if all(ds.get(k) for k in UID_KEYWORDS):
+            usable.append(path)
+    return usable
+
+
+def build_corpus(dest: Path, copies: int) -> tuple[list[Path], int]:
+    """The usable samples, then `copies` rounds of copies with fresh SOPInstanceUIDs, until
+    there are at least MIN_FILES files. Returns (files, number synthesized)."""
+    samples = usable_samples()
+    files = []
+    for path in samples:
+        files.append(dest / f"orig-{len(files):04d}.dcm")
+        files[-1].write_bytes(path.read_bytes())
+    rounds = copies if copies >= 0 else -(-MIN_FILES // len(samples)) - 1
+    synthesized = 0
+    for round_no in range(rounds):
+        for path in samples:
+            ds = pydicom.dcmread(path)
+            ds.SOPInstanceUID = generate_uid()
+            if "MediaStorageSOPInstanceUID" in ds.file_meta:
+                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            out = dest / f"copy{round_no}-{synthesized:05d}.dcm"
+            try:
+                ds.save_as(out)
+            except Exception:  # an odd sample pydicom cannot write back: leave it out
+                out.unlink(missing_ok=True)
+                continue
+            files.append(out)
+            synthesized += 1
+    return files, synthesized
+
+
+def bare_loop(files: list[Path]) -> float:
+    start = time.perf_counter()
+    for f in files:
+        pydicom.dcmread(f, stop_before_pixels=True)
+    return time.perf_counter() - start
+
+
+def ingest_once(folder: Path, scratch: Path, expected_rows: int,
+                profile: bool = False) -> float:
+    """Ingest `folder` into a fresh archive; check every file became a row. With `profile`,
+    print where the time went (cProfile, by cumulative time)."""
+    catalog = Catalog(Archive(Path(tempfile.mkdtemp(dir=scratch))))
+    profiler = cProfile.Profile() if profile else contextlib.nullcontext()
+    start = time.perf_counter()
+    with profiler:
+        report = ingest(catalog, [folder], "bench", progress=False)
+    elapsed = time.perf_counter() - start
+    if profile:
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+    if report.skipped or report.ingested != expected_rows:
+        raise SystemExit(f"ingest staged {report.ingested} of {expected_rows} files "
+                         f"({len(report.skipped)} skipped): the figure would be meaningless")
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--copies", type=int, default=-1,
+                        help="rounds of synthesized copies (default: enough for 500 files)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one extra ingest run and print the top entries")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")  # pydicom's remarks on odd samples
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        corpus = scratch / "corpus"
+        corpus.mkdir()
+        files, synthesized = build_corpus(corpus, args.copies)
+        distinct = len({str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+                        for f in files})
+        for f in files:  # warm the page cache, so neither side pays the first disk read
+            f.read_bytes()
+        baseline_s = min(bare_loop(files) for _ in range(args.repeat))
+        ingest_s = min(ingest_once(corpus, scratch, distinct) for _ in range(args.repeat))
+        if args.profile:
+            ingest_once(corpus, scratch, distinct, profile=True)
+
+    base_rate, ingest_rate = len(files) / baseline_s, len(files) / ingest_s
+    ratio = ingest_rate / base_rate
+    print(f"corpus: {len(files)} files ({len(files) - synthesized} pydicom test files, "
+          f"synthesized {synthesized} copies with new SOPInstanceUIDs; "
+          f"{distinct} distinct instances); best of {args.repeat}")
+    print(f"bare pydicom.dcmread(stop_before_pixels=True) loop: {base_rate:8.1f} files/s")
+    print(f"ingest (read, md5, store, stage rows):              {ingest_rate:8.1f} files/s")
+    verdict = "ok" if ratio >= GOAL else "BELOW GOAL"
+    print(f"ratio ingest / bare read: {ratio:.2f} (goal >= {GOAL}) {verdict}")
+    print("reproduce: .venv/bin/python bench/bench_ingest.py")
+    return 0 if ratio >= GOAL else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
