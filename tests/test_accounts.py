@@ -347,3 +347,14 @@ def test_shared_lists(accounts, clock):
     assert accounts.get_shared_list("missing") is None
     accounts.delete_user("alice")
     assert accounts.get_shared_list("my cart").owner is None
+
+
+@pytest.mark.parametrize("name", ["x" * 256, "nul\x00name"])
+def test_names_the_columns_cannot_hold_are_refused(accounts, name):
+    owner = accounts.add_user("namer", "pw")
+    with pytest.raises(AccountError):
+        accounts.create_cohort(owner, name, "", {"Modality": ["CT"]}, 1)
+    with pytest.raises(AccountError):
+        accounts.create_shared_list(owner, name, None, None, ["1.2.3"])
+    assert accounts.list_cohorts(owner) == [] and accounts.get_shared_list(name) is None
+    assert accounts.get_user(name) is None and accounts.authenticate(name, "pw") is None

@@ -217,8 +217,12 @@ def test_query_preview_and_dicom_metadata_paging(server):
         rows += nxt["query_results"]["json"]
         token = nxt["next_page"]
     assert len(rows) == total
-    order = [(r["collection_id"], r["PatientID"] or "", r["StudyInstanceUID"],
-              r["SeriesInstanceUID"], r["SOPInstanceUID"]) for r in rows]
+    # ordered by collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID
+    # (nulls last)
+    order = [tuple((r[k] is None, r[k] or "") for k in (
+        "collection_id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+        for r in rows]
+    assert order == sorted(order)
     assert len(set(r["SOPInstanceUID"] for r in rows)) == total
 
 
@@ -521,6 +525,8 @@ MALFORMED = [
     ("POST", "/v1/cohorts", None, {"name": "x", "filters": {"SliceThickness_gt": ["nan"]}}),
     ("POST", "/v1/cohorts", None, '{"name": "x", "filters": {"SliceThickness_gt": [1e400]}}'),
     ("POST", "/v1/cohorts", None, {"name": "x", "description": ["d"], "filters": LUNG}),
+    ("POST", "/v1/cohorts", None, {"name": "n" * 300, "filters": LUNG}),
+    ("POST", "/v1/cohorts", None, {"name": "nul\u0000name", "filters": LUNG}),
     ("POST", "/v1/cohorts", {"page_size": 3}, {"name": "x", "filters": LUNG}),
     ("DELETE", "/v1/cohorts", None, {"cohorts": "all"}),
     ("DELETE", "/v1/cohorts", None, {"cohorts": []}),

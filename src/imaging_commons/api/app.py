@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -15,7 +18,14 @@ from . import auth, errors
 def create_app(archive: Archive) -> FastAPI:
     from . import idc_v1, nbia, nbia_images
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # the first search of a big catalogue builds an index: start it before anyone asks
+        threading.Thread(target=app.state.commons.warm_up, name="warm-up", daemon=True).start()
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Imaging Commons",
         version=__version__,
         description="IDC API v1 (under /v1) and the NBIA REST API (under /nbia-api) over one "

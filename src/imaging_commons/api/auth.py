@@ -79,8 +79,6 @@ def _grant_error(status: int, error: str, description: str) -> JSONResponse:
     return JSONResponse({"error": error, "error_description": description}, status_code=status)
 
 
-@router.api_route("/nbia-api/oauth/token", methods=["GET", "POST"],
-                  summary="OAuth2 token (password and refresh_token grants)")
 async def oauth_token(request: Request):
     """Form fields (or query parameters): username, password, client_id, client_secret,
     grant_type (password | refresh_token), refresh_token."""
@@ -103,9 +101,17 @@ async def oauth_token(request: Request):
     return _grant_error(400, "unsupported_grant_type", f"Unsupported grant type: {grant}")
 
 
-@router.api_route("/nbia-api/logout", methods=["GET", "POST"], summary="Revoke the bearer token")
 async def logout(request: Request):
     token = bearer_token(request)
     if token is None or not request.app.state.commons.accounts.revoke(token):
         raise ApiError(401, "Invalid or missing token")
     return PlainTextResponse("You Have Logged Out successfully.")
+
+
+# old clients use GET, newer ones POST: one route per method keeps OpenAPI operation ids unique
+for _method in ("POST", "GET"):
+    router.add_api_route("/nbia-api/oauth/token", oauth_token, methods=[_method],
+                         name=f"oauth_token_{_method.lower()}",
+                         summary="OAuth2 token (password and refresh_token grants)")
+    router.add_api_route("/nbia-api/logout", logout, methods=[_method],
+                         name=f"logout_{_method.lower()}", summary="Revoke the bearer token")

@@ -16,7 +16,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from ..core.accounts import Forbidden, NotFound, User
+from ..core.accounts import AccountError, Forbidden, NotFound, User
 from ..core.catalog import CatalogError, normalise_collection_id
 from ..core.commons import MANIFEST_SELECTORS, Page
 from ..core.paging import InvalidPageToken
@@ -374,8 +374,11 @@ async def create_cohort(request: Request, user: User = Depends(required_user)):
                                "filters": definition["filters"], "fields": []}, user)
     except FilterError as e:
         raise ApiError(400, str(e), e.not_found) from None
-    cohort = commons.accounts.create_cohort(user, name.strip(), definition["description"],
-                                            definition["filters"], definition["version"])
+    try:
+        cohort = commons.accounts.create_cohort(user, name.strip(), definition["description"],
+                                                definition["filters"], definition["version"])
+    except AccountError as e:
+        raise ApiError(400, f"{e}. The cohort was not made.") from None
     props = {k: v for k, v in cohort_json(cohort).items() if k != "owner"}
     return ok({"cohort_properties": props, **props})
 

@@ -7,7 +7,6 @@ Zips are streamed block by block, so a series of any size costs a few MB of memo
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +22,8 @@ from ..core.downloads import Level
 from ..core.imaging import ImageUnavailable, dicom_tags, iter_zip, render_thumbnail
 from .auth import nbia_user
 from .errors import ApiError
-from .nbia import SERVICES, Params, taking
+from . import nbia
+from .nbia import Params, taking
 
 router = APIRouter(tags=["NBIA images"])
 
@@ -32,22 +32,7 @@ HIERARCHY_PARAMETERS = {"SeriesInstanceUID": Level.SERIES, "StudyInstanceUID": L
 
 
 def serve(name: str, *prefixes: str, methods: tuple[str, ...] = ("GET",)) -> Callable:
-    """Register one handler as services/<prefix>/<name> for each prefix ('' = unversioned),
-    documenting in OpenAPI the parameters its `taking` dependency reads."""
-
-    def register(handler: Callable) -> Callable:
-        takes = inspect.signature(handler).parameters["params"].default.dependency
-        documented = {"parameters": [{"name": n, "in": "query", "schema": {"type": "string"}}
-                                     for n in takes.allowed]}
-        for prefix in prefixes:
-            path = "/".join(part for part in (SERVICES, prefix, name) if part)
-            for method in methods:  # one route per method keeps OpenAPI operation ids unique
-                router.add_api_route(path, handler, methods=[method],
-                                     summary=(handler.__doc__ or "").split("\n")[0],
-                                     openapi_extra=documented)
-        return handler
-
-    return register
+    return nbia.serve(name, *prefixes, methods=methods, target=router)
 
 
 @contextmanager

@@ -208,6 +208,24 @@ def _require_user(s, username: str) -> _UserRow:
     return row
 
 
+NAME_LIMIT = 255
+
+
+def _check_name(kind: str, name: str) -> None:
+    """Names go into String(255) columns: PostgreSQL would refuse longer ones (and NULs) with
+    a database error, so refuse them here with a message a user can act on."""
+    if len(name) > NAME_LIMIT:
+        raise AccountError(f"The {kind} name is longer than {NAME_LIMIT} characters")
+    if "\x00" in name:
+        raise AccountError(f"The {kind} name holds a NUL character")
+
+
+def _storable(name: object) -> bool:
+    """Whether a name could be stored at all: looking up one that could not (PostgreSQL
+    refuses NUL characters even in a query) simply finds nothing."""
+    return isinstance(name, str) and len(name) <= NAME_LIMIT and "\x00" not in name
+
+
 def _refuse_guest(username: str) -> None:
     if username == GUEST_USERNAME:
         raise AccountError(f"User name {GUEST_USERNAME} is reserved for the guest")
@@ -256,6 +274,8 @@ class Accounts:
             _require_user(s, username).password_hash = self._hasher.hash(password)
 
     def get_user(self, username: str) -> User | None:
+        if not _storable(username):
+            return None
         with self._session.begin() as s:
             row = s.scalar(select(_UserRow).where(_UserRow.username == username))
             return _user(row) if row else None
@@ -288,6 +308,8 @@ class Accounts:
         """The guest needs no password (and its shared last_login is not worth a write)."""
         if username == GUEST_USERNAME:
             return self.guest_user()
+        if not _storable(username):
+            return None
         with self._session.begin() as s:
             row = s.scalar(select(_UserRow).where(_UserRow.username == username))
             if not self._verify(row.password_hash if row else self._dummy_hash, password) or not row:
@@ -399,6 +421,7 @@ class Accounts:
 
     def create_cohort(self, owner: User, name: str, description: str, filters: dict,
                       version: int) -> Cohort:
+        _check_name("cohort", name)
         with self._session.begin() as s:
             row = _CohortRow(name=name, description=description, owner_id=owner.id,
                              filters=filters, version=version, created=self._clock())
@@ -454,6 +477,7 @@ class Accounts:
 
     def create_shared_list(self, owner: User | None, name: str, description: str | None,
                            url: str | None, series_uids: list[str]) -> SharedList:
+        _check_name("list", name)
         row = _SharedListRow(name=name, description=description, url=url,
                              series_uids=list(series_uids),
                              owner_id=owner.id if owner else None, created=self._clock())
@@ -466,6 +490,8 @@ class Accounts:
             raise AccountError(f"A list named {name} already exists") from None
 
     def get_shared_list(self, name: str) -> SharedList | None:
+        if not _storable(name):
+            return None
         with self._session.begin() as s:
             row = s.scalar(select(_SharedListRow).where(_SharedListRow.name == name))
             return _shared_list(row) if row else None

@@ -63,6 +63,21 @@ class Commons:
         return Accounts(self.archive.database_url, token_lifetime_s=self.archive.token_lifetime_s)
 
     @cached_property
+    def search(self):
+        """The NBIA search core; its per-version indexes are built once per process."""
+        from .search import CatalogSearch
+
+        return CatalogSearch(self)
+
+    def warm_up(self) -> None:
+        """Load the active version and build its search index before the first request needs
+        them (a server calls this in the background at start)."""
+        try:
+            self.search.index(self.catalog.active_version())
+        except CatalogError:
+            pass  # nothing published yet: nothing to warm
+
+    @cached_property
     def tokens(self) -> PageTokens:
         return PageTokens(self.archive.secret())
 

@@ -67,8 +67,8 @@ def import_idc(catalog: Catalog, progress=None) -> ImportSummary:
 
     step("series")
     items_path = catalog.new_segment_path("idc-series")
-    copy_to_parquet(con, items_select(con, _series_rows_sql(d)) + " "
-                         f"ORDER BY collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID",
+    copy_to_parquet(con, items_select(con, _series_rows_sql(d)) +
+                    " ORDER BY collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID",
                     items_path)
     src = f"read_parquet('{items_path}')"
     versions = con.execute(

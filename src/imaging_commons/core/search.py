@@ -2,14 +2,15 @@
 
 NBIA thinks in patients -> studies -> series, addresses them by integer keys and counts
 patients. The catalogue holds one row per series (the IDC import) or per instance (ingested
-files), so each version gets a series index once: one row per series, image counts and sizes
-summed over instance rows, a stable integer key per series and a dense patient number whose
-order is the subject sort order. Every query here runs against that index, in DuckDB, with
-values passed as `?` parameters. Restricted collections the caller may not see are left out
-of every answer by the `Scope` the caller's queries run in.
+files), so each version gets an index once (see `CatalogSearch._build_index`): one row per
+series with image counts and sizes summed over instance rows, a stable integer key per series
+and a dense patient number whose order is the subject sort order; plus a rollup and
+per-patient and per-collection counts that keep the simple search fast over a million series.
+Every query runs in DuckDB with values passed as `?` parameters. Restricted collections the
+caller may not see are left out of every answer by the `Scope` the caller's queries run in.
 
-The queries are DuckDB-specific aggregations (materialised CTEs, list aggregates) over a table
-that only exists inside this process, so they are written as SQL templates with fixed
+The queries are DuckDB-specific aggregations (materialised CTEs, list aggregates) over tables
+that only exist inside this process, so they are written as SQL templates with fixed
 fragments rather than through the portable cohort query layer.
 """
 
@@ -19,12 +20,11 @@ import datetime as dt
 import html
 import re
 import threading
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .accounts import User
-from .catalog import Catalog, normalise_collection_id, stable_pk, stable_pk_sql
+from .catalog import Catalog, CatalogError, normalise_collection_id, stable_pk, stable_pk_sql
 
 # Species codes as NBIA sends them (SNOMED CT), by the catalogue's species names.
 SPECIES_CODES: Mapping[str, tuple[str, str]] = {
@@ -36,7 +36,15 @@ SPECIES_CODES: Mapping[str, tuple[str, str]] = {
 PHANTOM = "phantom"
 
 SORT_FIELDS = ("subject", "collection", "studies", "series")
+FACETS = ("Modality", "BodyPartExamined", "Manufacturer")
+# What a simple search filters on, per patient and study: the rollup's grouping columns.
+ROLLUP_COLUMNS = ("patient_no", "study_key", "collection_id", "collection", "PatientID",
+                  "Modality", "BodyPartExamined", "Manufacturer", "ManufacturerModelName",
+                  "StudyDate", "third_party", "commercial_restricted")
 ROW_BATCH = 5000
+# Indexes kept in memory: the newest version's, and the one before it, which requests that
+# began before a publish may still be reading.
+KEPT_INDEXES = 2
 
 # Searchable fields of the text search, in the order a hit is reported from, with the label
 # NBIA prints for them.
@@ -52,6 +60,7 @@ TEXT_FIELDS: tuple[tuple[str, str], ...] = (
     ("seriesInstanceUID", "SeriesInstanceUID"),
     ("studyInstanceUID", "StudyInstanceUID"),
 )
+UID_FIELDS = ("SeriesInstanceUID", "StudyInstanceUID")
 
 # Columns of a series record, the row every series-level answer is shaped from.
 SERIES_COLUMNS = (
@@ -123,19 +132,26 @@ class CollectionInfo:
     license_short_name: str | None
     license_long_name: str | None
     license_url: str | None
-    restricted: bool
 
 
 @dataclass(frozen=True)
 class VersionIndex:
-    """What a data version's queries need: its series index table, its collections and the
-    publication date of every version (a series' release date is that of its first one)."""
+    """What a data version's queries need: its tables (see CatalogSearch._build_index), its
+    collections and the publication date of every version (a series' release date is that
+    of its first one)."""
 
     version: int
-    table: str
+    series: str
+    rollup: str
+    patients: str
+    facets: str
     items: str
     collections: Mapping[str, CollectionInfo]
     release_dates: Mapping[int, str]
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return self.series, self.rollup, self.patients, self.facets
 
 
 @dataclass(frozen=True)
@@ -144,10 +160,6 @@ class Scope:
 
     index: VersionIndex
     hidden: frozenset[str]
-
-    @property
-    def version(self) -> int:
-        return self.index.version
 
     def visible_collections(self) -> list[CollectionInfo]:
         return [c for c in self.index.collections.values() if c.collection_id not in self.hidden]
@@ -187,6 +199,22 @@ class Criteria:
     modality_anded: bool = False
     # The catalogue holds no longitudinal event data, so a time-point criterion matches nothing.
     time_points: bool = False
+
+    @property
+    def collection_level(self) -> bool:
+        """Limits the search to whole collections only (or not at all), so per-collection
+        patient and facet counts answer it."""
+        return not any((self.modalities, self.body_parts, self.manufacturers, self.models,
+                        self.patients, self.study_uids, self.series_uids, self.series_pks,
+                        self.study_date_from, self.study_date_to, self.released_since,
+                        self.min_studies, self.third_party is not None,
+                        self.exclude_commercial, self.time_points))
+
+    @property
+    def needs_series_rows(self) -> bool:
+        """Names series, studies or releases, which the rollup does not keep apart."""
+        return bool(self.study_uids or self.series_uids or self.series_pks
+                    or self.released_since)
 
 
 @dataclass(frozen=True)
@@ -267,6 +295,25 @@ class _Where:
         return " AND ".join(self.fragments) or "true"
 
 
+@dataclass(frozen=True)
+class _Matched:
+    """CTEs defining `p` (matching patients: patient_no, collection_id, collection, PatientID,
+    studies, series) and what facet counts read, with their `?` values."""
+
+    ctes: str
+    params: list
+    facet_sql: str  # patients per value of {column}, as (v, n)
+
+    def counts(self, column: str) -> str:
+        """Patients per value of a facet column; per collection (`collection_id` or the
+        `collection` name) straight from `p`."""
+        if column in ("collection_id", "collection"):
+            return f"SELECT {column} AS v, count(*) AS n FROM p GROUP BY 1"
+        if column not in FACETS:
+            raise ValueError(f"not a counted column: {column}")
+        return self.facet_sql.format(column=column)
+
+
 class CatalogSearch:
     """The NBIA search core of one archive. Thread-safe; each version's index is built once."""
 
@@ -281,7 +328,7 @@ class CatalogSearch:
         """The active version as this caller may see it."""
         try:
             version = self.catalog.active_version()
-        except Exception as exc:  # CatalogError: nothing published yet
+        except CatalogError as exc:  # nothing published yet
             raise SearchError(str(exc)) from None
         return Scope(self.index(version), self.commons.hidden_collections(user, version))
 
@@ -289,17 +336,26 @@ class CatalogSearch:
         with self._lock:
             if version not in self._indexes:
                 self._indexes[version] = self._build_index(version)
+                for stale in list(self._indexes)[:-KEPT_INDEXES]:
+                    for table in self._indexes.pop(stale).tables:
+                        self.catalog.connection().execute(f"DROP TABLE IF EXISTS {table}")
             return self._indexes[version]
 
     def _build_index(self, version: int) -> VersionIndex:
+        """Four tables per version: `series` (one row per series, what answers are made of),
+        `rollup` (series counted per patient, study and combination of the facts a simple
+        search filters on: a third of the rows to aggregate), `patients` (study and series
+        counts per patient) and `facets` (patients per collection and modality, body part or
+        manufacturer), the last two answering searches that only pick collections."""
         items = self.catalog.relation(version, "items")
         collections_rel = self.catalog.relation(version, "collections")
-        table = f"nbia_series_v{version}"
+        names = [f"nbia_{kind}_v{version}" for kind in ("series", "rollup", "patients", "facets")]
+        series, rollup, patients, facets = names
         described = ", ".join(_DESCRIPTIVE)
         first_values = ", ".join(f"any_value({c}) AS {c}" for c in _DESCRIPTIVE)
         con = self.catalog.connection()
         con.execute(f"""
-            CREATE OR REPLACE TABLE {table} AS
+            CREATE OR REPLACE TABLE {series} AS
             WITH series AS (
                 SELECT collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID,
                        {described}, instance_count AS image_count,
@@ -319,6 +375,7 @@ class CatalogSearch:
                 FROM {collections_rel} WHERE license_short_name IS NOT NULL GROUP BY 1)
             SELECT s.*, coalesce(c.collection_name, s.collection_id) AS collection,
                    l.license_long_name, l.license_url,
+                   s.analysis_result_id IS NOT NULL AS third_party,
                    coalesce(contains(upper(s.license_short_name), 'NC'), false)
                        AS commercial_restricted,
                    dense_rank() OVER (ORDER BY s.PatientID, collection, s.collection_id)
@@ -328,9 +385,23 @@ class CatalogSearch:
             FROM series s
             LEFT JOIN {collections_rel} c ON c.collection_id = s.collection_id
             LEFT JOIN licenses l ON l.license_short_name = s.license_short_name""")
+        rolled = ", ".join(ROLLUP_COLUMNS)
+        con.execute(f"CREATE OR REPLACE TABLE {rollup} AS SELECT {rolled}, count(*) AS series "
+                    f"FROM {series} GROUP BY ALL")
+        con.execute(f"""
+            CREATE OR REPLACE TABLE {patients} AS
+            SELECT patient_no, any_value(collection_id) AS collection_id,
+                   any_value(collection) AS collection, any_value(PatientID) AS PatientID,
+                   count(DISTINCT study_key) AS studies, count(*) AS series
+            FROM {series} GROUP BY patient_no""")
+        con.execute(f"CREATE OR REPLACE TABLE {facets} AS " + " UNION ALL ".join(
+            f"SELECT collection_id, '{column}' AS facet, {column} AS value, "
+            f"count(DISTINCT patient_no) AS patients FROM {series} "
+            f"WHERE {column} IS NOT NULL GROUP BY collection_id, {column}"
+            for column in FACETS))
         rows = con.execute(f"""
             SELECT collection_id, collection_name, species, doi, description, date_updated,
-                   license_short_name, license_long_name, license_url, coalesce(restricted, false)
+                   license_short_name, license_long_name, license_url
             FROM {collections_rel}""").fetchall()
         # a collection ingested without metadata gets its species from its items
         item_species = dict(con.execute(
@@ -341,7 +412,7 @@ class CatalogSearch:
             species, phantom = species_of(species_text or item_species.get(cid))
             infos[cid] = CollectionInfo(cid, name or cid, species, phantom, *rest)
         dates = {v.version: v.date_active for v in self.catalog.versions()}
-        return VersionIndex(version, table, items, infos, dates)
+        return VersionIndex(version, *names, items, infos, dates)
 
     # ----- filters -------------------------------------------------------------------------
     def _where(self, scope: Scope, criteria: Criteria) -> _Where:
@@ -371,8 +442,7 @@ class CatalogSearch:
             w.any_of("version_min", scope.versions_released_since(criteria.released_since),
                      "BIGINT")
         if criteria.third_party is not None:
-            w.add("analysis_result_id IS NOT NULL" if criteria.third_party
-                  else "analysis_result_id IS NULL")
+            w.add("third_party = ?", criteria.third_party)
         if criteria.exclude_commercial:
             w.add("NOT commercial_restricted")
         if criteria.time_points:
@@ -398,29 +468,37 @@ class CatalogSearch:
             chosen = by_phantom if chosen is None else chosen & by_phantom
         return sorted(chosen) if chosen is not None else None
 
-    def _matches(self, scope: Scope, criteria: Criteria, columns: Sequence[str]) -> tuple[str, list]:
-        """CTEs `m` (matching series, `columns` plus the patient keys) and `p` (their
-        patients, with study and series counts) after the patient-level criteria."""
-        w = self._where(scope, criteria)
-        cols = ", ".join(dict.fromkeys(("patient_no", "study_key", "collection_id", "collection",
-                                        "PatientID", *columns)))
+    def _matches(self, scope: Scope, criteria: Criteria) -> _Matched:
+        """CTE `p`: the matching patients with their study and series counts (after the
+        patient-level criteria), and how to count patients per facet value among them."""
+        index, w = scope.index, self._where(scope, criteria)
+        if criteria.collection_level:
+            return _Matched(
+                f"p AS MATERIALIZED (SELECT * FROM {index.patients} WHERE {w.sql}), "
+                f"f AS MATERIALIZED (SELECT * FROM {index.facets} WHERE {w.sql})",
+                w.params + w.params,
+                "SELECT value AS v, sum(patients) AS n FROM f WHERE facet = '{column}' "
+                "GROUP BY 1")
+        # a series row counts as one series, a rollup row as `series` of them
+        source, series = ((index.series, "1 AS series") if criteria.needs_series_rows
+                          else (index.rollup, "series"))
         having = _Where()
         if criteria.min_studies:
             having.add("count(DISTINCT study_key) >= ?", criteria.min_studies)
         if criteria.modality_anded and criteria.modalities:
             having.add("count(DISTINCT Modality) = ?", len(set(criteria.modalities)))
-        patients = (f"SELECT patient_no, any_value(collection_id) AS collection_id, "
-                    f"any_value(collection) AS collection, any_value(PatientID) AS PatientID, "
-                    f"count(DISTINCT study_key) AS studies, count(*) AS series "
-                    f"FROM {{src}} GROUP BY patient_no")
-        if not having.fragments:
-            sql = (f"m AS MATERIALIZED (SELECT {cols} FROM {scope.index.table} WHERE {w.sql}), "
-                   f"p AS MATERIALIZED ({patients.format(src='m')})")
-            return sql, w.params
-        sql = (f"m0 AS MATERIALIZED (SELECT {cols} FROM {scope.index.table} WHERE {w.sql}), "
-               f"p AS MATERIALIZED ({patients.format(src='m0')} HAVING {having.sql}), "
-               f"m AS MATERIALIZED (SELECT * FROM m0 SEMI JOIN p USING (patient_no))")
-        return sql, w.params + having.params
+        matched = "m0" if having.fragments else "m"
+        ctes = (f"{matched} AS MATERIALIZED (SELECT {', '.join(ROLLUP_COLUMNS)}, {series} "
+                f"FROM {source} WHERE {w.sql}), "
+                f"p AS MATERIALIZED (SELECT patient_no, any_value(collection_id) AS collection_id,"
+                f" any_value(collection) AS collection, any_value(PatientID) AS PatientID, "
+                f"count(DISTINCT study_key) AS studies, sum(series) AS series FROM {matched} "
+                f"GROUP BY patient_no" + (f" HAVING {having.sql})" if having.fragments else ")"))
+        if having.fragments:
+            ctes += ", m AS MATERIALIZED (SELECT * FROM m0 SEMI JOIN p USING (patient_no))"
+        return _Matched(ctes, w.params + having.params,
+                        "SELECT {column} AS v, count(DISTINCT patient_no) AS n FROM m "
+                        "WHERE {column} IS NOT NULL GROUP BY 1")
 
     @staticmethod
     def _order(sort: Sort) -> str:
@@ -432,32 +510,25 @@ class CatalogSearch:
 
     # ----- value lists and counts ----------------------------------------------------------
     def value_counts(self, scope: Scope, column: str, criteria: Criteria) -> list[tuple[str, int]]:
-        """Distinct values of a series column with how many patients have them."""
-        key = {"Collection": "collection"}.get(column, column)
-        if key not in ("collection", "Modality", "BodyPartExamined", "Manufacturer"):
-            raise ValueError(f"not a counted column: {column}")
-        ctes, params = self._matches(scope, criteria, (key,))
+        """Distinct values of a series column (or Collection) with how many patients of the
+        search have them."""
+        matched = self._matches(scope, criteria)
+        column = {"Collection": "collection"}.get(column, column)
         return [tuple(r) for r in self.catalog.connection().execute(
-            f"WITH {ctes} SELECT {key}, count(DISTINCT patient_no) FROM m "
-            f"WHERE {key} IS NOT NULL GROUP BY 1 ORDER BY 1", params).fetchall()]
+            f"WITH {matched.ctes} SELECT v, n FROM ({matched.counts(column)}) ORDER BY v",
+            matched.params).fetchall()]
 
     def values(self, scope: Scope, column: str, criteria: Criteria) -> list[str]:
         return [value for value, _ in self.value_counts(scope, column, criteria)]
 
     def species_counts(self, scope: Scope, criteria: Criteria) -> list[tuple[Species, int]]:
         """Patients per species: a collection-level fact, summed over collection counts."""
-        return _species_totals(scope, self.value_counts_by_collection(scope, criteria))
-
-    def value_counts_by_collection(self, scope: Scope, criteria: Criteria) -> list[tuple[str, int]]:
-        ctes, params = self._matches(scope, criteria, ())
-        return [tuple(r) for r in self.catalog.connection().execute(
-            f"WITH {ctes} SELECT collection_id, count(*) FROM p GROUP BY 1 ORDER BY 1",
-            params).fetchall()]
+        return _species_totals(scope, self.value_counts(scope, "collection_id", criteria))
 
     def manufacturer_models(self, scope: Scope) -> list[tuple[str, str | None]]:
         w = self._where(scope, Criteria())
         return [tuple(r) for r in self.catalog.connection().execute(
-            f"SELECT DISTINCT Manufacturer, ManufacturerModelName FROM {scope.index.table} "
+            f"SELECT DISTINCT Manufacturer, ManufacturerModelName FROM {scope.index.rollup} "
             f"WHERE Manufacturer IS NOT NULL AND {w.sql} ORDER BY 1, 2 NULLS LAST",
             w.params).fetchall()]
 
@@ -465,37 +536,33 @@ class CatalogSearch:
     def search(self, scope: Scope, criteria: Criteria, sort: Sort, start: int,
                size: int) -> SearchPage:
         """One page of patients (ordered, `start` = offset) with the facet counts of all of
-        them. Aggregates per patient in one statement; nests studies for the page only."""
-        ctes, params = self._matches(scope, criteria,
-                                     ("StudyInstanceUID", "series_pk", "Modality",
-                                      "BodyPartExamined"))
+        them; studies and series are nested for the page's patients only."""
+        matched = self._matches(scope, criteria)
         order = self._order(sort)
-        facet = ("(SELECT list((v, n) ORDER BY v) FROM (SELECT {col} AS v, "
-                 "count(DISTINCT patient_no) AS n FROM m WHERE {col} IS NOT NULL GROUP BY 1))")
-        row = self.catalog.connection().execute(f"""
-            WITH {ctes},
-            page AS MATERIALIZED (SELECT * FROM p ORDER BY {order} LIMIT ? OFFSET ?),
-            page_studies AS (
-                SELECT patient_no, StudyInstanceUID,
-                       list(series_pk ORDER BY series_pk) AS series_pks,
-                       list(DISTINCT Modality) FILTER (WHERE Modality IS NOT NULL) AS modalities,
-                       list(DISTINCT BodyPartExamined)
-                           FILTER (WHERE BodyPartExamined IS NOT NULL) AS body_parts
-                FROM m SEMI JOIN page USING (patient_no) GROUP BY 1, 2)
+        facet = "(SELECT list((v, n) ORDER BY v) FROM ({}))"
+        total, modalities, body_parts, by_collection, page = self.catalog.connection().execute(
+            f"""
+            WITH {matched.ctes},
+            page AS MATERIALIZED (SELECT * FROM p ORDER BY {order} LIMIT ? OFFSET ?)
             SELECT (SELECT count(*) FROM p),
-                   {facet.format(col='Modality')},
-                   {facet.format(col='BodyPartExamined')},
-                   (SELECT list((collection_id, n) ORDER BY collection_id)
-                    FROM (SELECT collection_id, count(*) AS n FROM p GROUP BY 1)),
+                   {facet.format(matched.counts('Modality'))},
+                   {facet.format(matched.counts('BodyPartExamined'))},
+                   {facet.format(matched.counts('collection_id'))},
                    (SELECT list((patient_no, collection_id, collection, PatientID, studies,
-                                 series) ORDER BY {order}) FROM page),
-                   (SELECT list((patient_no, StudyInstanceUID, series_pks, modalities,
-                                 body_parts) ORDER BY patient_no, StudyInstanceUID)
-                    FROM page_studies)""", params + [size, start]).fetchone()
-        total, modalities, body_parts, by_collection, page, studies = row
+                                 series) ORDER BY {order}) FROM page)""",
+            matched.params + [size, start]).fetchone()
+        page = _tuples(page)
+        w = self._where(scope, criteria)
+        studies = self.catalog.connection().execute(f"""
+            SELECT patient_no, StudyInstanceUID, list(series_pk ORDER BY series_pk),
+                   list(DISTINCT Modality) FILTER (WHERE Modality IS NOT NULL),
+                   list(DISTINCT BodyPartExamined) FILTER (WHERE BodyPartExamined IS NOT NULL)
+            FROM {scope.index.series}
+            WHERE {w.sql} AND patient_no IN (SELECT unnest(?::BIGINT[]))
+            GROUP BY 1, 2 ORDER BY 1, 2""", w.params + [[r[0] for r in page]]).fetchall()
         by_collection = _tuples(by_collection)
         return SearchPage(
-            patients=_nest(scope, _tuples(page), _tuples(studies)),
+            patients=_nest(scope, page, studies),
             total_patients=total,
             modalities=_tuples(modalities),
             body_parts=_tuples(body_parts),
@@ -507,43 +574,46 @@ class CatalogSearch:
                     size: int) -> tuple[list[str], bool]:
         """The series UIDs of one page of the simple search (what its manifest lists), and
         whether any of them is under a license that forbids commercial use."""
-        ctes, params = self._matches(scope, criteria,
-                                     ("SeriesInstanceUID", "commercial_restricted"))
+        matched = self._matches(scope, criteria)
+        page = [r[0] for r in self.catalog.connection().execute(
+            f"WITH {matched.ctes} SELECT patient_no FROM p ORDER BY {self._order(sort)} "
+            f"LIMIT ? OFFSET ?", matched.params + [size, start]).fetchall()]
+        w = self._where(scope, criteria)
         rows = self.catalog.connection().execute(f"""
-            WITH {ctes},
-            page AS MATERIALIZED (SELECT patient_no FROM p ORDER BY {self._order(sort)}
-                                  LIMIT ? OFFSET ?)
-            SELECT SeriesInstanceUID, commercial_restricted FROM m SEMI JOIN page USING (patient_no)
+            SELECT SeriesInstanceUID, commercial_restricted FROM {scope.index.series}
+            WHERE {w.sql} AND patient_no IN (SELECT unnest(?::BIGINT[]))
             ORDER BY patient_no, StudyInstanceUID, SeriesInstanceUID""",
-            params + [size, start]).fetchall()
+            w.params + [page]).fetchall()
         return [r[0] for r in rows], any(r[1] for r in rows)
 
     # ----- text search ---------------------------------------------------------------------
     def text_search(self, scope: Scope, text: str) -> tuple[list[PatientResult], list[str]]:
-        """Patients with a series whose descriptive fields contain `text` as a whole word
-        (case-insensitive), each with the first field that matched highlighted; plus the
-        matching series UIDs."""
-        pattern = _word_pattern(text)
+        """Patients with a series whose descriptive fields hold `text` as whole words
+        (case-insensitive) or whose UIDs are `text`, each with the first field that matched
+        highlighted; plus the matching series UIDs."""
+        tests, params = [], []
+        for _, col in TEXT_FIELDS:
+            if col in UID_FIELDS:
+                tests.append(f"{col} = ?")
+                params.append(text)
+            else:  # the cheap substring test spares the regular expression most rows
+                tests.append(f"(contains(lower({col}), ?) AND regexp_matches({col}, ?))")
+                params += [text.lower(), _word_pattern(text)]
+        first_hit = " ".join(f"WHEN {test} THEN [{i}::VARCHAR, {col}]"
+                             for i, (test, (_, col)) in enumerate(zip(tests, TEXT_FIELDS)))
         w = self._where(scope, Criteria())
-        like = f"%{_escape_like(text)}%"
-        matches = " OR ".join(f"({col} ILIKE ? ESCAPE '\\' AND regexp_matches({col}, ?))"
-                              for _, col in TEXT_FIELDS)
-        first_hit = " ".join(f"WHEN {col} ILIKE ? ESCAPE '\\' AND regexp_matches({col}, ?) "
-                             f"THEN [{i}::VARCHAR, {col}]" for i, (_, col) in enumerate(TEXT_FIELDS))
-        pair = [like, pattern] * len(TEXT_FIELDS)
         rows = self.catalog.connection().execute(f"""
             WITH hits AS MATERIALIZED (
                 SELECT patient_no, collection_id, collection, PatientID, StudyInstanceUID,
-                       study_key, series_pk, SeriesInstanceUID,
-                       CASE {first_hit} END AS hit
-                FROM {scope.index.table} WHERE {w.sql} AND ({matches}))
+                       study_key, series_pk, SeriesInstanceUID, CASE {first_hit} END AS hit
+                FROM {scope.index.series} WHERE {w.sql} AND ({" OR ".join(tests)}))
             SELECT patient_no, any_value(collection_id), any_value(collection),
                    any_value(PatientID), count(DISTINCT study_key), count(*),
                    min_by(hit, hit[1]::INTEGER),
                    list((StudyInstanceUID, series_pk, SeriesInstanceUID)
                         ORDER BY StudyInstanceUID, series_pk)
             FROM hits GROUP BY patient_no ORDER BY patient_no""",
-            pair + w.params + pair).fetchall()
+            params + w.params + params).fetchall()
         patients, series_uids = [], []
         for _, cid, name, patient, n_studies, n_series, hit, series in rows:
             studies: dict[str, list[int]] = {}
@@ -563,7 +633,7 @@ class CatalogSearch:
         answers that may run to the whole catalogue."""
         w = self._where(scope, criteria)
         cur = self.catalog.connection()
-        cur.execute(f"SELECT {', '.join(SERIES_COLUMNS)} FROM {scope.index.table} "
+        cur.execute(f"SELECT {', '.join(SERIES_COLUMNS)} FROM {scope.index.series} "
                     f"WHERE {w.sql} ORDER BY collection_id, PatientID, StudyInstanceUID, "
                     f"SeriesInstanceUID", w.params)
         yield from _batches(cur, SERIES_COLUMNS)
@@ -577,7 +647,7 @@ class CatalogSearch:
         return _records(self.catalog.connection().execute(f"""
             SELECT collection_id, any_value(collection) AS collection, PatientID,
                    any_value(PatientSex) AS PatientSex, any_value(EthnicGroup) AS EthnicGroup
-            FROM {scope.index.table} WHERE {w.sql}
+            FROM {scope.index.series} WHERE {w.sql}
             GROUP BY collection_id, PatientID ORDER BY collection_id, PatientID""", w.params))
 
     def studies(self, scope: Scope, criteria: Criteria) -> list[dict]:
@@ -590,13 +660,14 @@ class CatalogSearch:
                    any_value(StudyDescription) AS StudyDescription,
                    any_value(PatientAge) AS PatientAge, any_value(PatientSex) AS PatientSex,
                    any_value(EthnicGroup) AS EthnicGroup, count(*) AS series_count
-            FROM {scope.index.table} WHERE {w.sql}
+            FROM {scope.index.series} WHERE {w.sql}
             GROUP BY collection_id, StudyInstanceUID
             ORDER BY collection_id, PatientID, StudyInstanceUID""", w.params))
 
     def visible_series_uids(self, scope: Scope, uids: Sequence[str]) -> list[str]:
         """The given series UIDs the caller may see, in the order given."""
-        found = {r["SeriesInstanceUID"] for r in self.series(scope, Criteria(series_uids=list(uids)))}
+        found = {r["SeriesInstanceUID"]
+                 for r in self.series(scope, Criteria(series_uids=list(uids)))}
         return [u for u in dict.fromkeys(uids) if u in found]
 
     def series_for_levels(self, scope: Scope, patients: Sequence[str], studies: Sequence[str],
@@ -609,7 +680,7 @@ class CatalogSearch:
         parts = [f"{col} IN (SELECT unnest(?::VARCHAR[]))" for col, _ in levels]
         joined = (" AND " if match_all else " OR ").join(parts)
         rows = self.catalog.connection().execute(
-            f"SELECT SeriesInstanceUID FROM {scope.index.table} WHERE {w.sql} AND ({joined}) "
+            f"SELECT SeriesInstanceUID FROM {scope.index.series} WHERE {w.sql} AND ({joined}) "
             f"ORDER BY collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID",
             w.params + [list(v) for _, v in levels]).fetchall()
         return [r[0] for r in rows]
@@ -621,8 +692,7 @@ class CatalogSearch:
                          if c.doi and normalise_doi(c.doi) == wanted]
         w = self._where(scope, Criteria())
         return _records(self.catalog.connection().execute(f"""
-            SELECT collection, SeriesInstanceUID, analysis_result_id IS NOT NULL AS third_party
-            FROM {scope.index.table}
+            SELECT collection, SeriesInstanceUID, third_party FROM {scope.index.series}
             WHERE {w.sql} AND (lower(source_DOI) = ? OR list_contains(?, collection_id))
             ORDER BY collection, SeriesInstanceUID""", w.params + [wanted, by_collection]))
 
@@ -656,18 +726,6 @@ class CatalogSearch:
                 for sop, s, study, number, size in rows]
 
 
-_SEARCHES: "weakref.WeakKeyDictionary[object, CatalogSearch]" = weakref.WeakKeyDictionary()
-_SEARCHES_LOCK = threading.Lock()
-
-
-def search_for(commons) -> CatalogSearch:
-    """The one CatalogSearch of an archive's Commons, so its indexes are built once."""
-    with _SEARCHES_LOCK:
-        if commons not in _SEARCHES:
-            _SEARCHES[commons] = CatalogSearch(commons)
-        return _SEARCHES[commons]
-
-
 def highlight(label: str, value: str, text: str) -> str:
     """NBIA's hit text: `<em>label</em>: value` with each whole-word match of `text` in
     <strong>, HTML-escaped."""
@@ -686,11 +744,8 @@ def _word_pattern(text: str) -> str:
     return rf"(?i)(?:^|[^0-9A-Za-z]){re.escape(text)}(?:$|[^0-9A-Za-z])"
 
 
-def _escape_like(text: str) -> str:
-    return re.sub(r"([\\%_])", r"\\\1", text)
-
-
-def _species_totals(scope: Scope, by_collection: list[tuple[str, int]]) -> list[tuple[Species, int]]:
+def _species_totals(scope: Scope,
+                    by_collection: list[tuple[str, int]]) -> list[tuple[Species, int]]:
     totals: dict[Species, int] = {}
     for cid, n in by_collection:
         info = scope.collection(cid)
@@ -705,6 +760,7 @@ def _tuples(values) -> list[tuple]:
 
 
 def _nest(scope: Scope, page: list[tuple], studies: list[tuple]) -> list[PatientResult]:
+    """Page patients with their (study, series keys, modalities, body parts) rows."""
     by_patient: dict[int, list[tuple]] = {}
     for patient_no, *rest in studies:
         by_patient.setdefault(patient_no, []).append(tuple(rest))
