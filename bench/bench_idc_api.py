@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,8 +21,10 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from imaging_commons.config import Archive  # noqa: E402
+from serving import start_server  # noqa: E402
 from imaging_commons.core.commons import Commons  # noqa: E402
 from imaging_commons.core.idc_import import import_idc  # noqa: E402
 
@@ -42,21 +42,6 @@ def timed(fn):
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
-
-
-def start_server(archive: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "imaging_commons.cli", "--archive", str(archive),
-                             "serve", "--port", str(port)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        try:
-            requests.get(f"http://127.0.0.1:{port}/v1/about", timeout=1)
-            return proc
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("server did not start")
 
 
 def manifest(session, base, filters, fields, page_size):
@@ -94,7 +79,7 @@ def main() -> int:
     con = duckdb.connect()
     con.execute(f"CREATE TABLE items AS SELECT * FROM read_parquet('{segment}') WHERE "
                 "version_min <= 25 AND (version_max IS NULL OR version_max >= 25)")
-    proc = start_server(archive, args.port)
+    proc = start_server(archive, args.port, "/v1/about")
     base = f"http://127.0.0.1:{args.port}"
     session = requests.Session()
     try:

@@ -13,9 +13,7 @@ under 300 ms per criteria set on a 2-core machine.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,8 +25,10 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from imaging_commons.config import Archive  # noqa: E402
+from serving import start_server  # noqa: E402
 from imaging_commons.core.commons import Commons  # noqa: E402
 from imaging_commons.core.idc_import import import_idc  # noqa: E402
 
@@ -51,21 +51,6 @@ CRITERIA_SETS = [
       "criteriaType1": "SpeciesCriteria", "value1": "337915000"},
      "StudyDate BETWEEN '2000-01-01' AND '2000-12-31'"),
 ]
-
-
-def start_server(archive: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "imaging_commons.cli", "--archive", str(archive),
-                             "serve", "--port", str(port)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        try:
-            requests.get(f"http://127.0.0.1:{port}/nbia-api/services/getSpeciesTax", timeout=120)
-            return proc
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("server did not start")
 
 
 def latencies(fn, runs: int) -> list[float]:
@@ -94,7 +79,7 @@ def main() -> int:
     index = Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH).parent / "idc_index.parquet"
     con.execute(f"CREATE TABLE idc AS SELECT collection_id, PatientID, Modality, "
                 f"BodyPartExamined, StudyDate::VARCHAR AS StudyDate FROM read_parquet('{index}')")
-    proc = start_server(archive, args.port)
+    proc = start_server(archive, args.port, "/nbia-api/services/getSpeciesTax")
     session = requests.Session()
     url = f"http://127.0.0.1:{args.port}{SEARCH}"
     try:
