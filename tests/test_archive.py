@@ -519,3 +519,14 @@ def test_postgresql_accounts_url_keeps_users_and_cohorts(small_archive, postgres
             ("CT in v1", {"Modality": ["CT"]}, 1, OWNER)
     finally:
         reopened.close()
+
+
+def test_storage_url_prefix_is_configurable(tmp_path, monkeypatch):
+    """An archive whose blob folder is synced to a bucket gives that bucket's URLs in manifests,
+    never the server's own file paths."""
+    monkeypatch.setenv("IMAGING_COMMONS_BLOB_URL", "s3://trial-bucket/")
+    commons = Commons(Archive(tmp_path / "a"))
+    ingest(commons.catalog, [pydicom_sample_dir() / "CT_small.dcm"], "bucketed")
+    publish(commons.catalog)
+    (url, key), = query(commons, f"SELECT gcs_url, blob_key FROM {items(commons, 1)}")
+    assert url == f"s3://trial-bucket/{key}"

@@ -9,6 +9,7 @@ from pathlib import Path
 ARCHIVE_ENV = "IMAGING_COMMONS_ARCHIVE"
 ACCOUNTS_URL_ENV = "IMAGING_COMMONS_ACCOUNTS_URL"
 SECRET_ENV = "IMAGING_COMMONS_SECRET"
+BLOB_URL_ENV = "IMAGING_COMMONS_BLOB_URL"
 
 
 @dataclass
@@ -38,6 +39,13 @@ class Archive:
     @property
     def blob_dir(self) -> Path:
         return self.root / "blobs"
+
+    @property
+    def blob_url(self) -> str:
+        """The storage URL prefix manifests give for stored files (GCS_URL). The local store's
+        own is a file:// URL; an archive whose blob folder is synced to a bucket or served over
+        HTTP sets IMAGING_COMMONS_BLOB_URL (e.g. s3://my-bucket) before ingesting."""
+        return (os.environ.get(BLOB_URL_ENV) or self.blob_dir.as_uri()).rstrip("/")
 
     @property
     def database_url(self) -> str:

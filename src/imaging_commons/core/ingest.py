@@ -142,7 +142,7 @@ def ingest(catalog: Catalog, paths: Iterable[str | os.PathLike], collection: str
                 crdc_series_uuid=series_uuid,
                 crdc_instance_uuid=instance_uuid,
                 blob_key=f"{series_uuid}/{instance_uuid}.dcm",
-                gcs_url=(catalog.archive.blob_dir / series_uuid / f"{instance_uuid}.dcm").as_uri(),
+                gcs_url=f"{catalog.archive.blob_url}/{series_uuid}/{instance_uuid}.dcm",
                 instance_md5=md5,
                 instance_size=size,
                 instance_count=1,
