@@ -104,9 +104,13 @@ def main() -> int:
         print(f"\npaging a whole manifest of {len(rows)} rows ({json.dumps(filters)}):")
         print(f"  raw DuckDB, one unpaged query: {raw_s:.2f} s")
         paging = {}
-        for page_size in (1000, commons.archive.max_page_size):
+        for run, page_size in enumerate((1000, commons.archive.max_page_size)):
+            # each pass spells the filter differently (same rows), so the server cannot reuse
+            # the previous pass's materialised result: both passes are cold
+            spelled = {k: v + [x.lower() for x in v] * run for k, v in filters.items()}
+
             def page_all():
-                body = manifest(session, base, filters, fields, page_size)
+                body = manifest(session, base, spelled, fields, page_size)
                 got, latencies, token = len(body["manifest"]["json_manifest"]), [], body["next_page"]
                 while token:
                     t0 = time.perf_counter()
