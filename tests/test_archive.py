@@ -530,3 +530,19 @@ def test_storage_url_prefix_is_configurable(tmp_path, monkeypatch):
     publish(commons.catalog)
     (url, key), = query(commons, f"SELECT gcs_url, blob_key FROM {items(commons, 1)}")
     assert url == f"s3://trial-bucket/{key}"
+
+
+def test_parallel_ingest_stages_exactly_what_a_serial_one_does(tmp_path):
+    """Large ingests fork worker processes for the per-file work; the rows must not change."""
+    def staged(workers: int):
+        commons = Commons(Archive(tmp_path / f"w{workers}"))
+        report = ingest(commons.catalog, [pydicom_sample_dir()], "samples", workers=workers)
+        publish(commons.catalog)
+        rows = query(commons, f"SELECT * EXCLUDE (gcs_url) FROM {items(commons, 1)} "
+                              "ORDER BY SOPInstanceUID")
+        return report, rows
+
+    serial_report, serial_rows = staged(1)
+    parallel_report, parallel_rows = staged(2)
+    assert parallel_rows == serial_rows and len(serial_rows) > 100
+    assert parallel_report.skipped == serial_report.skipped

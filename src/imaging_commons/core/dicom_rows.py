@@ -329,3 +329,16 @@ def _measurement_columns(ds: pydicom.Dataset) -> dict[str, object]:
         if column is not None and values.get(column) is None:
             values[column] = _convert(value, SQL_TYPES[column])
     return values
+
+
+def warm_up() -> None:
+    """Build highdicom's lazily loaded tables of the standard now. The first SEG costs ~0.3 s
+    of JSON parsing; done once in a parent process, forked ingest workers share the result
+    instead of each paying it."""
+    from pydicom.sr.codedict import codes
+
+    description = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="warm-up",
+        segmented_property_category=codes.SCT.Tissue, segmented_property_type=codes.SCT.Tissue,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+    hd.seg.SegmentDescription.from_dataset(description)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import multiprocessing
 import os
 import re
 import shutil
 import uuid
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -30,7 +33,7 @@ from .catalog import (
     items_select,
     normalise_collection_id,
 )
-from .dicom_rows import NotDicom, instance_row, read_header
+from .dicom_rows import NotDicom, instance_row, read_header, warm_up
 from .schema import SQL_TYPES
 
 # Namespace of the archive's UUIDs: a UID (and, for instances, the content hash) always maps to
@@ -107,54 +110,85 @@ def _staged_base_sql(catalog: Catalog) -> str:
     return f"SELECT * FROM read_parquet('{catalog.segments_dir / local}')"
 
 
+def _read_and_store(path: Path, blob_dir: Path, blob_url: str) -> dict | str:
+    """The per-file work of ingest: header, row, stored copy. Returns the row, or the reason
+    the file is not ingestible. Runs in worker processes for large ingests."""
+    try:
+        with warnings.catch_warnings():  # pydicom's complaints about odd files are noise here
+            warnings.simplefilter("ignore")
+            row = instance_row(read_header(path))
+    except NotDicom as e:
+        return str(e)
+    series_uuid = crdc_uuid("series", row["SeriesInstanceUID"])
+    instance_uuid, md5, size = _store_blob(path, blob_dir, series_uuid, row["SOPInstanceUID"])
+    row.update(
+        crdc_study_uuid=crdc_uuid("study", row["StudyInstanceUID"]),
+        crdc_series_uuid=series_uuid,
+        crdc_instance_uuid=instance_uuid,
+        blob_key=f"{series_uuid}/{instance_uuid}.dcm",
+        gcs_url=f"{blob_url}/{series_uuid}/{instance_uuid}.dcm",
+        instance_md5=md5,
+        instance_size=size,
+        instance_count=1,
+        series_size_bytes=size,
+        level="instance",
+    )
+    return row
+
+
+# Below this many files a worker pool costs more than it saves.
+PARALLEL_FROM = 200
+
+
+def _per_file_results(files: list[Path], catalog: Catalog, workers: int) -> Iterator[dict | str]:
+    """`_read_and_store` over the files, in order; in `workers` processes when that pays.
+    Workers are forked (cheap on Linux): they only parse and copy files, never touch DuckDB."""
+    work = partial(_read_and_store, blob_dir=catalog.archive.blob_dir,
+                   blob_url=catalog.archive.blob_url)
+    if workers <= 1:
+        yield from map(work, files)
+        return
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    if fork:
+        warm_up()
+    context = multiprocessing.get_context("fork" if fork else "spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        yield from pool.map(work, files, chunksize=16)
+
+
 def ingest(catalog: Catalog, paths: Iterable[str | os.PathLike], collection: str, *,
            restricted: bool = False, metadata: dict | None = None,
-           progress: bool = False) -> IngestReport:
-    """Stage the DICOM files under `paths` as instances of `collection`."""
+           progress: bool = False, workers: int | None = None) -> IngestReport:
+    """Stage the DICOM files under `paths` as instances of `collection`. `workers`: processes
+    for the per-file work (default: one per core for large ingests, else none)."""
     collection_id = normalise_collection_id(collection)
     if not collection_id:
         raise CatalogError("A collection ID is required (--collection).")
     meta = metadata or {}
+    collection_values = {
+        "collection_id": collection_id,
+        "license_short_name": meta.get("license_short_name"),
+        "source_DOI": meta.get("doi"),
+        "program": meta.get("program"),
+        "tcia_species": meta.get("species"),
+        "tcia_tumorLocation": meta.get("tumor_location"),
+    }
     report = IngestReport()
     rows: list[dict] = []
     files = list(iter_files(paths))
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(files) >= PARALLEL_FROM else 1
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(files), unit="file", desc="ingest")
-    for path in files:
-        try:
-            with warnings.catch_warnings():  # pydicom's complaints about odd files are noise here
-                warnings.simplefilter("ignore")
-                ds = read_header(path)
-                row = instance_row(ds)
-        except NotDicom as e:
-            report.skipped.append((str(path), str(e)))
+    for path, result in zip(files, _per_file_results(files, catalog, workers)):
+        if isinstance(result, str):
+            report.skipped.append((str(path), result))
         else:
-            study_uuid = crdc_uuid("study", row["StudyInstanceUID"])
-            series_uuid = crdc_uuid("series", row["SeriesInstanceUID"])
-            instance_uuid, md5, size = _store_blob(path, catalog.archive.blob_dir, series_uuid,
-                                                   row["SOPInstanceUID"])
-            row.update(
-                collection_id=collection_id,
-                crdc_study_uuid=study_uuid,
-                crdc_series_uuid=series_uuid,
-                crdc_instance_uuid=instance_uuid,
-                blob_key=f"{series_uuid}/{instance_uuid}.dcm",
-                gcs_url=f"{catalog.archive.blob_url}/{series_uuid}/{instance_uuid}.dcm",
-                instance_md5=md5,
-                instance_size=size,
-                instance_count=1,
-                series_size_bytes=size,
-                level="instance",
-                license_short_name=meta.get("license_short_name"),
-                source_DOI=meta.get("doi"),
-                program=meta.get("program"),
-                tcia_species=meta.get("species"),
-                tcia_tumorLocation=meta.get("tumor_location"),
-            )
-            rows.append(row)
+            result.update(collection_values)
+            rows.append(result)
         if bar is not None:
             bar.update(1)
     if bar is not None:
