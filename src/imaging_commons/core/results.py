@@ -37,9 +37,11 @@ class Result:
 
 
 class ResultStore:
-    def __init__(self, catalog: Catalog, max_results: int = 64, workers: int = 2):
+    def __init__(self, catalog: Catalog, max_results: int = 64, max_rows: int = 20_000_000,
+                 workers: int = 2):
         self.catalog = catalog
         self.max_results = max_results
+        self.max_rows = max_rows
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="query")
         self._lock = threading.Lock()
         self._jobs: "OrderedDict[str, Future[Result]]" = OrderedDict()
@@ -65,13 +67,21 @@ class ResultStore:
             raise Pending(key) from None
 
     def _evict(self) -> None:
-        while len(self._jobs) > self.max_results:
-            old_key, old = self._jobs.popitem(last=False)
-            if old.done() and old.exception() is None:
-                self.catalog.connection().execute(f'DROP TABLE IF EXISTS "{old.result().table}"')
-            elif not old.done():  # never drop work in flight; keep it until it finishes
-                self._jobs[old_key] = old
+        """Drop the least recently used results while more than `max_results` are kept or they
+        hold more than `max_rows` rows (what bounds the memory they take). Work in flight is
+        never dropped, nor the newest result."""
+        def held_rows() -> int:
+            return sum(job.result().total for job in self._jobs.values()
+                       if job.done() and job.exception() is None)
+
+        while len(self._jobs) > 1 and (len(self._jobs) > self.max_results
+                                       or held_rows() > self.max_rows):
+            old_key, old = next(iter(self._jobs.items()))
+            if not old.done():
                 break
+            del self._jobs[old_key]
+            if old.exception() is None:
+                self.catalog.connection().execute(f'DROP TABLE IF EXISTS "{old.result().table}"')
 
     def _materialise(self, key: str, compiled: Compiled) -> Result:
         """One sort: DuckDB keeps an ORDER BY's order when it creates the table, so a row's
