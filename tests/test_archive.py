@@ -546,3 +546,14 @@ def test_parallel_ingest_stages_exactly_what_a_serial_one_does(tmp_path):
     parallel_report, parallel_rows = staged(2)
     assert parallel_rows == serial_rows and len(serial_rows) > 100
     assert parallel_report.skipped == serial_report.skipped
+
+
+def test_stored_files_carry_their_crc32(ingested):
+    """Zip downloads put the catalogue's CRC-32 in each member header, so it must be the
+    stored bytes' own."""
+    import zlib
+
+    commons = ingested["commons"]
+    rows = query(commons, f"SELECT blob_key, instance_crc32 FROM {items(commons, 1)}")
+    assert rows and all(zlib.crc32((commons.archive.blob_dir / key).read_bytes()) == crc
+                        for key, crc in rows)

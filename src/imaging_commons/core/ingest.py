@@ -15,6 +15,7 @@ import re
 import shutil
 import uuid
 import warnings
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -73,17 +74,19 @@ def iter_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
             raise FileNotFoundError(f"No such file or folder: {p}")
 
 
-def _store_blob(src: Path, blob_dir: Path, series_uuid: str, sop_uid: str) -> tuple[str, str, int]:
-    """Copy a file into the blob store while hashing it; return (instance uuid, md5, size).
-    The final name depends on the hash, so the copy lands under a temporary name first."""
+def _store_blob(src: Path, blob_dir: Path, series_uuid: str,
+                sop_uid: str) -> tuple[str, str, int, int]:
+    """Copy a file into the blob store while hashing it; return (instance uuid, md5, size,
+    CRC-32). The final name depends on the hash, so the copy lands under a temporary name first."""
     dest_dir = blob_dir / series_uuid
     dest_dir.mkdir(parents=True, exist_ok=True)
     tmp = dest_dir / f".{uuid.uuid4().hex}.part"
     md5 = hashlib.md5()
-    size = 0
+    crc = size = 0
     with open(src, "rb") as fin, open(tmp, "wb") as fout:
         while chunk := fin.read(1 << 20):
             md5.update(chunk)
+            crc = zlib.crc32(chunk, crc)
             fout.write(chunk)
             size += len(chunk)
     digest = md5.hexdigest()
@@ -93,7 +96,7 @@ def _store_blob(src: Path, blob_dir: Path, series_uuid: str, sop_uid: str) -> tu
         tmp.unlink()
     else:
         os.replace(tmp, final)
-    return instance_uuid, digest, size
+    return instance_uuid, digest, size, crc
 
 
 def _staged_base_sql(catalog: Catalog) -> str:
@@ -120,7 +123,8 @@ def _read_and_store(path: Path, blob_dir: Path, blob_url: str) -> dict | str:
     except NotDicom as e:
         return str(e)
     series_uuid = crdc_uuid("series", row["SeriesInstanceUID"])
-    instance_uuid, md5, size = _store_blob(path, blob_dir, series_uuid, row["SOPInstanceUID"])
+    instance_uuid, md5, size, crc = _store_blob(path, blob_dir, series_uuid,
+                                                row["SOPInstanceUID"])
     row.update(
         crdc_study_uuid=crdc_uuid("study", row["StudyInstanceUID"]),
         crdc_series_uuid=series_uuid,
@@ -129,6 +133,7 @@ def _read_and_store(path: Path, blob_dir: Path, blob_url: str) -> dict | str:
         gcs_url=f"{blob_url}/{series_uuid}/{instance_uuid}.dcm",
         instance_md5=md5,
         instance_size=size,
+        instance_crc32=crc,
         instance_count=1,
         series_size_bytes=size,
         level="instance",

@@ -111,6 +111,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("analysis_result_id", in_dicom_metadata=False),
     _c("instance_md5", data_type=None, in_dicom_metadata=False),
     _c("instance_size", "BIGINT", None, in_dicom_metadata=False),
+    # lets zip downloads put each member's CRC in its header instead of computing it
+    _c("instance_crc32", "BIGINT", None, in_dicom_metadata=False),
     _c("instance_count", "BIGINT", None, in_dicom_metadata=False),
     _c("series_size_bytes", "BIGINT", None, in_dicom_metadata=False),
     _c("blob_key", data_type=None, in_dicom_metadata=False),
