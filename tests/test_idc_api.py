@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 import duckdb
@@ -11,7 +12,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from conftest import SAMPLES, LiveServer
+from conftest import SAMPLES, LiveServer, postgres_schema_url
 from imaging_commons.cli import main as cli
 from imaging_commons.config import Archive
 from imaging_commons.core.commons import Commons
@@ -50,6 +51,14 @@ def test_about_and_swagger(server):
     assert "/v1/cohorts/manifest/preview" in spec["paths"]
 
 
+def test_about_documentation_is_the_seed_sentence(server):
+    """The notebook prints this string: the URLs sit in angle brackets."""
+    body = requests.get(f"{server.url}/v1/about").json()
+    assert re.fullmatch(rf"SwaggerUI interface available at <{re.escape(server.url)}/v1/swagger/>\. "
+                        r"Documentation is available at <https?://[^<> ]+>", body["documentation"])
+    assert re.fullmatch(r"Welcome to the .+ API, Version 1", body["message"])
+
+
 def test_versions_lists_idc_releases_and_the_local_one(server):
     body = requests.get(f"{server.url}/v1/versions").json()
     assert body["versions"] == body["idc_data_versions"]
@@ -61,7 +70,7 @@ def test_versions_lists_idc_releases_and_the_local_one(server):
     v20 = body["versions"][19]
     assert v20["date_active"] == str(expected[1])[:10]
     assert {"name": "dicom_pivot", "data_type": "Image Data"} in v20["data_sources"]
-    assert "tcga" in v20["programs"]
+    assert {"short_name": "tcga", "name": "tcga", "description": None} in v20["programs"]
 
 
 def test_collections_per_version(server):
@@ -176,6 +185,67 @@ def test_delete_several_cohorts_reports_each(server):
         {"cohort_id": 99999999, "result": "Cohort not found"}]
 
 
+def test_delete_refuses_ids_that_are_not_integers(server):
+    """1.5 or true is not a cohort id: int() would have made it one and deleted that cohort."""
+    h = auth(server.user_token("fran"))
+    cid = requests.post(f"{server.url}/v1/cohorts", json={"name": "keep", "filters": LUNG},
+                        headers=h).json()["cohort_id"]
+    for bad in (cid + 0.5, float(cid), True, f"{cid}.0", None):
+        r = requests.delete(f"{server.url}/v1/cohorts", json={"cohorts": [bad]}, headers=h)
+        assert r.status_code == 400 and r.json()["code"] == 400, (bad, r.text)
+    listed = requests.get(f"{server.url}/v1/cohorts", headers=h).json()["cohorts"]
+    assert [c["cohort_id"] for c in listed] == [cid]
+    r = requests.delete(f"{server.url}/v1/cohorts", json={"cohorts": [str(cid)]}, headers=h)
+    assert r.json()["cohorts"] == [{"cohort_id": cid, "result": "Cohort deleted"}]
+
+
+def test_next_page_ignores_the_saved_cohort_path(server):
+    """With a non-empty next_page every parameter but page_size is ignored (seed), the cohort id
+    of the path included, as on the query endpoint."""
+    h = auth(server.user_token("gil"))
+    cid = requests.post(f"{server.url}/v1/cohorts", json={"name": "g", "filters": LUNG},
+                        headers=h).json()["cohort_id"]
+    first = requests.get(f"{server.url}/v1/cohorts/manifest/{cid}",
+                         params={"GCS_URL": 1, "page_size": 3}, headers=h).json()
+    token = first["next_page"]
+    expected = requests.get(f"{server.url}/v1/cohorts/manifest/nextPage",
+                            params={"next_page": token, "page_size": 3}, headers=h).json()
+    for path in (f"/v1/cohorts/manifest/{cid + 1000000}", f"/v1/cohorts/{cid + 1000000}/manifest"):
+        r = requests.get(server.url + path, params={"next_page": token, "page_size": 3}, headers=h)
+        assert r.status_code == 200, r.text
+        assert r.json()["cohort"] == {} and r.json()["manifest"] == expected["manifest"]
+
+
+def test_query_fields_name_each_attribute_once(server):
+    """Field names match case-insensitively, so Modality and modality are one column."""
+    r = requests.post(f"{server.url}/v1/cohorts/preview/query", json={
+        "cohort_def": {"name": "q", "filters": {"collection_id": ["pydicom_samples"]}},
+        "queryFields": {"fields": ["Modality", "modality", "MODALITY"]}})
+    assert r.status_code == 200, r.text
+    rows = r.json()["query_results"]["json"]
+    assert rows and all(set(row) == {"Modality"} for row in rows)
+    assert len(rows) == len({row["Modality"] for row in rows})
+
+
+def test_numbers_past_64_bits_are_stored_and_echoed(server):
+    """JSON has no integer limit; the echo of a stored cohort must never fail after the store."""
+    h = auth(server.user_token("hal"))
+    r = requests.post(f"{server.url}/v1/cohorts", headers=h, json={"name": "big", "filters": {
+        "collection_id": ["pydicom_samples"], "SliceThickness_lt": [10 ** 30]}})
+    assert r.status_code == 200, r.text
+    assert [float(v) for v in r.json()["filterSet"]["filters"]["SliceThickness_lt"]] == [1e30]
+    cohorts = requests.get(f"{server.url}/v1/cohorts", headers=h)
+    assert cohorts.status_code == 200 and len(cohorts.json()["cohorts"]) == 1
+
+
+def test_body_with_a_utf8_bom_is_read(server):
+    """Flask (the real server) read JSON bodies that start with a byte order mark."""
+    body = b"\xef\xbb\xbf" + json.dumps({"name": "bom", "filters": LUNG}).encode()
+    r = requests.post(f"{server.url}/v1/cohorts/preview/manifest", params={"GCS_URL": 1},
+                      data=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json()["cohort"]["name"] == "bom"
+
+
 def test_query_preview_and_dicom_metadata_paging(server):
     body = {"cohort_def": {"name": "q", "description": "", "filters": {
                 "collection_id": ["pydicom_samples"], "Modality": ["CT"]}},
@@ -235,6 +305,15 @@ def test_account_details(server):
     assert requests.get(f"{server.url}/v1/users/account_details").status_code == 401
 
 
+def test_account_details_carry_every_seed_key(server):
+    details = requests.get(f"{server.url}/v1/user/account_details",
+                           headers=auth(server.user_token("acct_keys"))).json()["account_details"]
+    assert {"date_joined", "email", "id", "last_login", "username", "extra_data", "first_name",
+            "last_name"} <= details.keys()
+    assert {"id", "email", "verified_email", "name", "given_name", "family_name", "picture",
+            "locale", "hd"} <= details["extra_data"].keys()
+
+
 def test_attributes_registry(server):
     body = requests.get(f"{server.url}/v1/attributes").json()
     attrs = {a["name"]: a for s in body["data_sources"] for a in s["attributes"]}
@@ -281,6 +360,12 @@ def test_numeric_suffixes(server, key, values, check):
     expected = {sop for sop, x in thickness.items() if x is not None and check(x)}
     assert expected, "the sample data must exercise this suffix"
     assert _query_sops(server, {key: values}) == expected
+
+
+def test_suffix_case_does_not_matter(server):
+    """Attribute names resolve case-insensitively; so do their range suffixes."""
+    assert _query_sops(server, {"SliceThickness_GT": [2]}) == _query_sops(
+        server, {"slicethickness_gt": [2]}) != set()
 
 
 def test_suffixes_combine_with_and_and_none_matches_null(server):
@@ -558,6 +643,21 @@ MALFORMED = [
     ("GET", "/v1/dicomMetadata", {"idc_data_version": "1000"}, None),
     ("GET", "/v1/attributes", {"idc_data_version": "x'--"}, None),
     ("GET", "/v1/analysis_results", {"idc_data_version": "0"}, None),
+    # JSON the server cannot echo or store: NaN, a lone surrogate, nesting past any sane depth
+    ("POST", "/v1/cohorts", None, '{"name": "x", "filters": {"Modality": [NaN]}}'),
+    ("POST", "/v1/cohorts", None, '{"name": "x", "filters": {"Modality": ["\\ud800"]}}'),
+    ("POST", "/v1/cohorts", None, '{"name": "x", "filters": ' + "[" * 100000 + "]" * 100000 + "}"),
+    ("POST", "/v1/cohorts", None, {"name": "x", "description": "nul\u0000desc", "filters": LUNG}),
+    # cohort ids no database row can have
+    ("DELETE", "/v1/cohorts/" + "9" * 30, None, None),
+    ("DELETE", "/v1/cohorts", None, {"cohorts": [2 ** 64 - 1]}),
+    ("DELETE", "/v1/cohorts", None, {"cohorts": ["9" * 30]}),
+    ("GET", "/v1/cohorts/" + "9" * 30 + "/manifest", {"GCS_URL": 1}, None),
+    ("GET", "/v1/cohorts/query/" + "9" * 30, {"fields": "Modality"}, None),
+    # a single-valued parameter given twice (Flask read the first, Starlette the last)
+    ("GET", "/v1/collections", [("idc_data_version", "99"), ("idc_data_version", "20")], None),
+    ("POST", "/v1/cohorts/preview/manifest", [("GCS_URL", "1"), ("page_size", "5"), ("page_size", "9")],
+     {"name": "x", "filters": LUNG}),
 ]
 
 
@@ -587,3 +687,27 @@ def test_fifty_malformed_requests_are_4xx_and_change_nothing(server):
         assert 400 <= r.status_code < 500, (method, path, params, body, r.status_code, r.text)
         assert r.json()["code"] == r.status_code and r.json()["message"]
     assert _db_snapshot(server.commons.archive.root) == before
+
+
+@pytest.fixture
+def postgres_url():
+    yield from postgres_schema_url()
+
+
+def test_bad_ids_and_nul_text_are_4xx_on_postgresql(small_archive, postgres_url):
+    """PostgreSQL keys are 32-bit and its text holds no NUL: both are refused before the
+    database sees them, never a 500."""
+    with LiveServer(Archive(small_archive.root, accounts_url=postgres_url)) as live:
+        h = auth(live.user_token("pg"))
+        cases = [
+            ("GET", f"/v1/cohorts/{2 ** 31}/manifest", {"params": {"GCS_URL": 1}}, 404),
+            ("GET", f"/v1/cohorts/{2 ** 40}/query", {"params": {"fields": "Modality"}}, 404),
+            ("DELETE", f"/v1/cohorts/{2 ** 31}", {}, 400),
+            ("DELETE", "/v1/cohorts", {"json": {"cohorts": [-(2 ** 40)]}}, 400),
+            ("POST", "/v1/cohorts", {"json": {"name": "n", "description": "a\u0000b",
+                                               "filters": {"Modality": ["CT"]}}}, 400),
+        ]
+        for method, path, kw, status in cases:
+            r = requests.request(method, live.url + path, headers=h, **kw)
+            assert r.status_code == status and r.json()["code"] == status, (path, r.text)
+        assert requests.get(f"{live.url}/v1/cohorts", headers=h).json()["cohorts"] == []

@@ -6,6 +6,7 @@ paths are served with and without a trailing slash, and at the notebook's altern
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any, Callable
 
@@ -29,6 +30,10 @@ from .errors import ApiError
 router = APIRouter(prefix="/v1", tags=["IDC API v1"])
 
 DEFAULT_PAGE_SIZE = 1000
+MULTI_VALUED = {"fields"}  # query parameters that may be repeated
+# cohort ids are the accounts database's INTEGER keys (32-bit on PostgreSQL): no id outside
+# this range exists, and asking the database for one is an overflow error, not a miss
+MAX_COHORT_ID = 2**31 - 1
 DOCS_URL = "https://learn.canceridc.dev/api/v1"
 BOOLEAN_WORDS = {"true": True, "1": True, "false": False, "0": False}
 
@@ -61,12 +66,16 @@ def ok(body: dict, status: int = 200) -> JSONResponse:
 
 # ----- input validation ------------------------------------------------------------------
 def strict_params(request: Request, allowed: set[str], wording: str) -> dict[str, str]:
-    """The query parameters, refusing any the endpoint does not know (as the real server does)."""
-    params = dict(request.query_params)
-    for key in params:
+    """The query parameters, refusing any the endpoint does not know (as the real server does)
+    and any single-valued one given twice: Flask read the first value where Starlette keeps the
+    last, so a repeated key has no safe meaning."""
+    keys = [key for key, _ in request.query_params.multi_items()]
+    for key in keys:
         if key not in allowed:
             raise ApiError(400, f"{wording} {key}")
-    return params
+        if key not in MULTI_VALUED and keys.count(key) > 1:
+            raise ApiError(400, f"Parameter {key} is given more than once")
+    return dict(request.query_params)
 
 
 def parse_bool(name: str, raw: str | None, default: bool = False) -> bool:
@@ -97,11 +106,9 @@ async def json_body(request: Request, required: bool = True) -> dict:
         if required:
             raise ApiError(400, "A JSON request body is required")
         return {}
-    try:
-        import json
-
-        body = json.loads(raw)
-    except ValueError:
+    try:  # orjson refuses NaN, Infinity and lone surrogates, so whatever parses can be echoed
+        body = orjson.loads(raw.removeprefix(b"\xef\xbb\xbf"))  # a BOM, as Flask allowed
+    except orjson.JSONDecodeError:
         raise ApiError(400, "The request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object")
@@ -140,6 +147,8 @@ def cohort_definition(request: Request, body: Any) -> dict:
     description = body.get("description", "")
     if description is not None and not isinstance(description, str):
         raise ApiError(400, "description must be a string")
+    if description and "\x00" in description:  # PostgreSQL text cannot hold NUL
+        raise ApiError(400, "description must not contain NUL characters")
     version_label = (filter_set or {}).get("idc_data_version")
     return {
         "name": body.get("name"),
@@ -245,8 +254,8 @@ def about(request: Request):
     base = str(request.base_url).rstrip("/")
     return ok({"message": "Welcome to the Imaging Commons implementation of the IDC API, "
                           "Version 1",
-               "documentation": f"SwaggerUI interface available at {base}/v1/swagger/. "
-                                f"Documentation is available at {DOCS_URL}"})
+               "documentation": f"SwaggerUI interface available at <{base}/v1/swagger/>. "
+                                f"Documentation is available at <{DOCS_URL}>"})
 
 
 @router.get("/openapi.json", include_in_schema=False)
@@ -269,7 +278,9 @@ def versions(request: Request):
         "date_active": v.date_active,
         "active": v.active,
         "data_sources": commons.data_sources(v.version),
-        "programs": commons.programs(v.version),
+        # the seed's program objects; the catalogue knows programs by their short name only
+        "programs": [{"short_name": p, "name": p, "description": None}
+                     for p in commons.programs(v.version)],
     } for v in commons.catalog.versions()]
     return ok({"idc_data_versions": listing, "versions": listing})
 
@@ -339,9 +350,11 @@ def account_details(user: User = Depends(required_user)):
         "email": user.email,
         "date_joined": user.date_joined.isoformat(),
         "last_login": user.last_login.isoformat() if user.last_login else None,
+        "first_name": None,
+        "last_name": None,
         "extra_data": {"id": str(user.id), "email": user.email, "verified_email": False,
                        "name": user.username, "given_name": None, "family_name": None,
-                       "picture": None},
+                       "picture": None, "locale": None, "hd": None},
     }
     return ok({"account_details": details, "user_details": details})
 
@@ -384,15 +397,29 @@ async def create_cohort(request: Request, user: User = Depends(required_user)):
 
 
 def _cohort_ids(raw: Any) -> list[int]:
+    """Integers or digit strings in the id range only: int() would turn 1.5 or true into
+    cohort 1, and an id past the range cannot be looked up (or even echoed by orjson)."""
     if not isinstance(raw, list) or not raw:
         raise ApiError(400, 'Expected a body {"cohorts": [cohort ids]}')
     ids = []
     for item in raw:
-        try:
-            ids.append(int(item))
-        except (TypeError, ValueError):
-            raise ApiError(400, f"Invalid cohort id {item!r}", [str(item)]) from None
+        if isinstance(item, str) and re.fullmatch(r"[0-9]+", item.strip()):
+            cohort_id = int(item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            cohort_id = item
+        else:
+            cohort_id = None
+        if cohort_id is None or not 0 < cohort_id <= MAX_COHORT_ID:
+            raise ApiError(400, f"Invalid cohort id {item!r}", [str(item)])
+        ids.append(cohort_id)
     return ids
+
+
+def _delete(request: Request, user: User, raw: Any) -> JSONResponse:
+    """One result per id; every id is validated before any cohort is deleted."""
+    accounts = request.app.state.commons.accounts
+    return ok({"cohorts": [{"cohort_id": i, "result": accounts.delete_cohort(user, i)}
+                           for i in _cohort_ids(raw)]})
 
 
 @route("DELETE", "/cohorts", summary="Delete cohorts")
@@ -400,20 +427,18 @@ async def delete_cohorts(request: Request, user: User = Depends(required_user)):
     body = await json_body(request)
     if set(body) - {"cohorts"}:
         raise ApiError(400, f"Invalid key {sorted(set(body) - {'cohorts'})[0]}")
-    accounts = request.app.state.commons.accounts
-    return ok({"cohorts": [{"cohort_id": i, "result": accounts.delete_cohort(user, i)}
-                           for i in _cohort_ids(body.get("cohorts"))]})
+    return _delete(request, user, body.get("cohorts"))
 
 
 @route("DELETE", "/cohorts/{cohort_id:int}", summary="Delete a cohort")
 def delete_cohort(request: Request, cohort_id: int, user: User = Depends(required_user)):
-    accounts = request.app.state.commons.accounts
-    return ok({"cohorts": [{"cohort_id": cohort_id,
-                            "result": accounts.delete_cohort(user, cohort_id)}]})
+    return _delete(request, user, [cohort_id])
 
 
 def saved_cohort(request: Request, user: User, cohort_id: int):
     try:
+        if cohort_id > MAX_COHORT_ID:
+            raise NotFound(cohort_id)
         cohort, _ = request.app.state.commons.accounts.get_cohort(user, cohort_id)
     except NotFound:
         raise ApiError(404, f"Cohort {cohort_id} not found", [str(cohort_id)]) from None
@@ -431,12 +456,10 @@ def manifest_selection(params: dict) -> tuple[list[str], bool]:
     return fields, parse_bool("sql", params.get("sql"))
 
 
-def manifest_response(request: Request, user: User | None, definition: dict, cohort: dict):
-    """First page of a manifest (or the continuation if next_page is given)."""
-    params = strict_params(request, MANIFEST_PARAMS, "Invalid key")
+def manifest_response(request: Request, user: User | None, params: dict, definition: dict,
+                      cohort: dict):
+    """First page of a manifest."""
     page_size = parse_page_size(request, params.get("page_size"))
-    if params.get("next_page"):
-        return manifest_next(request, user, params["next_page"], page_size)
     fields, want_sql = manifest_selection(params)
     if not fields:
         raise ApiError(400, "Select at least one manifest column, e.g. GCS_URL=True")
@@ -454,9 +477,13 @@ def manifest_next(request: Request, user: User | None, token: str, page_size: in
 @route("GET", "/cohorts/manifest/{cohort_id:int}", "/cohorts/{cohort_id:int}/manifest",
        summary="Paged manifest of a saved cohort")
 def cohort_manifest(request: Request, cohort_id: int, user: User = Depends(required_user)):
+    params = strict_params(request, MANIFEST_PARAMS, "Invalid key")
+    if params.get("next_page"):  # every other parameter is ignored, the path's cohort id too
+        return manifest_next(request, user, params["next_page"],
+                             parse_page_size(request, params.get("page_size")))
     cohort = saved_cohort(request, user, cohort_id)
     definition = {"version": cohort.version, "filters": cohort.filters}
-    return manifest_response(request, user, definition, {
+    return manifest_response(request, user, params, definition, {
         "cohort_id": cohort.cohort_id, "name": cohort.name, "description": cohort.description,
         "filterSet": filter_set(cohort.filters, cohort.version)})
 
@@ -469,7 +496,7 @@ async def preview_manifest(request: Request, user: User | None = Depends(optiona
         return manifest_next(request, user, params["next_page"],
                              parse_page_size(request, params.get("page_size")))
     definition = cohort_definition(request, await json_body(request))
-    return manifest_response(request, user, definition, {
+    return manifest_response(request, user, params, definition, {
         "name": definition["name"], "description": definition["description"],
         "filterSet": filter_set(normalised_filters(definition["filters"]),
                                 definition["version"])})
@@ -496,7 +523,8 @@ def query_fields(body: dict, params_fields: list[str]) -> list[str]:
         fields = params_fields
     if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
         raise ApiError(400, 'Give the fields to return: {"fields": ["Modality", ...]}')
-    return list(dict.fromkeys(fields))
+    # attribute names match case-insensitively: Modality and modality are one column
+    return list({f.lower(): f for f in fields}.values())
 
 
 def query_response(request: Request, user: User | None, definition: dict, fields: list[str],

@@ -34,7 +34,7 @@ __all__ = ["ARCHIVE_COLUMNS", "DICOM_COLUMNS", "NotDicom", "instance_row", "read
 ARCHIVE_COLUMNS = frozenset({
     "collection_id", "crdc_instance_uuid", "crdc_series_uuid", "crdc_study_uuid", "gcs_url",
     "license_short_name", "program", "source_DOI", "tcia_species", "tcia_tumorLocation",
-    "analysis_result_id", "instance_md5", "instance_size", "instance_count",
+    "analysis_result_id", "instance_md5", "instance_size", "instance_crc32", "instance_count",
     "series_size_bytes", "blob_key", "level", "version_min", "version_max",
 })
 DICOM_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.name not in ARCHIVE_COLUMNS)

@@ -31,7 +31,7 @@ _RANGE_OPS = {
     "ebtwe": (2, lambda c, p: exp.and_(exp.GTE(this=c, expression=p[0]),
                                        exp.LTE(this=c, expression=p[1]))),
 }
-_SUFFIX = re.compile(r"^(?P<base>.+?)_(?P<op>" + "|".join(_RANGE_OPS) + r")$")
+_SUFFIX = re.compile(r"^(?P<base>.+?)_(?P<op>" + "|".join(_RANGE_OPS) + r")$", re.IGNORECASE)
 
 
 class FilterError(Exception):
@@ -96,7 +96,7 @@ def _resolve(name: str, attrs: dict[str, Attribute]) -> tuple[Attribute, str | N
         return lower[name.lower()], None
     m = _SUFFIX.match(name)
     if m and m["base"].lower() in lower and lower[m["base"].lower()].data_type == CONTINUOUS_NUMERIC:
-        return lower[m["base"].lower()], m["op"]
+        return lower[m["base"].lower()], m["op"].lower()
     return None
 
 
