@@ -20,9 +20,13 @@ def create_app(archive: Archive) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        # the first search of a big catalogue builds an index: start it before anyone asks
-        threading.Thread(target=app.state.commons.warm_up, name="warm-up", daemon=True).start()
+        # the first search of a big catalogue builds an index: start it before anyone asks, and
+        # let it finish before shutting down (DuckDB aborts the process if a query is still
+        # running in a thread when the interpreter exits)
+        warming = threading.Thread(target=app.state.commons.warm_up, name="warm-up")
+        warming.start()
         yield
+        warming.join()
 
     app = FastAPI(
         lifespan=lifespan,
