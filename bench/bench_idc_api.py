@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from imaging_commons.config import Archive  # noqa: E402
-from serving import start_server  # noqa: E402
+from serving import running_server  # noqa: E402
 from imaging_commons.core.commons import Commons  # noqa: E402
 from imaging_commons.core.idc_import import import_idc  # noqa: E402
 
@@ -79,10 +79,8 @@ def main() -> int:
     con = duckdb.connect()
     con.execute(f"CREATE TABLE items AS SELECT * FROM read_parquet('{segment}') WHERE "
                 "version_min <= 25 AND (version_max IS NULL OR version_max >= 25)")
-    proc = start_server(archive, args.port, "/v1/about")
-    base = f"http://127.0.0.1:{args.port}"
-    session = requests.Session()
-    try:
+    with running_server(archive, args.port, "/v1/about") as base:
+        session = requests.Session()
         manifest(session, base, {"Modality": ["XA"]}, ["GCS_URL"], 10)  # load segments once
         print("\nfirst manifest page (page_size 1000), cold, HTTP vs raw DuckDB page+count:")
         ratios = []
@@ -141,11 +139,8 @@ def main() -> int:
             idc_s, _ = timed(lambda: client.sql_query(q))
             print(f"\nidc-index IDCClient().sql_query, first filter set: {idc_s * 1000:.0f} ms "
                   f"(ours over HTTP, same filter set: see the first line above)")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if tmp:
-            tmp.cleanup()
+    if tmp:
+        tmp.cleanup()
     print("\nreproduce: .venv/bin/python bench/bench_idc_api.py")
     return 0
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from imaging_commons.config import Archive  # noqa: E402
-from serving import start_server  # noqa: E402
+from serving import running_server  # noqa: E402
 from imaging_commons.core.commons import Commons  # noqa: E402
 from imaging_commons.core.idc_import import import_idc  # noqa: E402
 
@@ -79,10 +79,9 @@ def main() -> int:
     index = Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH).parent / "idc_index.parquet"
     con.execute(f"CREATE TABLE idc AS SELECT collection_id, PatientID, Modality, "
                 f"BodyPartExamined, StudyDate::VARCHAR AS StudyDate FROM read_parquet('{index}')")
-    proc = start_server(archive, args.port, "/nbia-api/services/getSpeciesTax")
-    session = requests.Session()
-    url = f"http://127.0.0.1:{args.port}{SEARCH}"
-    try:
+    with running_server(archive, args.port, "/nbia-api/services/getSpeciesTax") as base:
+        session = requests.Session()
+        url = base + SEARCH
         print(f"simple search over the full catalogue, {args.runs} runs each, HTTP vs raw "
               f"DuckDB patient count:")
         p50s = []
@@ -104,11 +103,8 @@ def main() -> int:
                   f"{statistics.median(raw_s) * 1000:6.1f} ms  "
                   f"ratio {p50 / statistics.median(raw_s):5.1f}")
         print(f"  worst p50 {max(p50s) * 1000:.1f} ms (goal < 300 ms)")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        if tmp:
-            tmp.cleanup()
+    if tmp:
+        tmp.cleanup()
     print("\nreproduce: .venv/bin/python bench/bench_nbia_search.py")
     return 0
 
