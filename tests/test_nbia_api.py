@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from pathlib import Path
+from xml.etree import ElementTree
 
 import duckdb
 import idc_index_data
@@ -23,6 +25,7 @@ from imaging_commons.core.demo import DEMO_COLLECTION
 from imaging_commons.core.ingest import ingest, publish
 
 SERVICES = "/nbia-api/services"
+TOKEN = "/nbia-api/oauth/token"
 IDC = Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH).parent
 SEED_SERIES = "1.3.6.1.4.1.14519.5.2.1.6834.5010.322628904903035357840500590726"
 MANIFEST = re.compile(
@@ -433,6 +436,21 @@ def test_simple_search_every_criterion_type(api, truth):
     assert total(("NoSuchCriteria", "x")) == everyone == total()
 
 
+def test_simple_search_date_order_follows_the_api_version(api, truth):
+    """The advanced API reads the seed's dd/mm/yyyy, v4 the MM-DD-YYYY tcia_utils writes."""
+    lung = "collection_id = '4d_lung' AND StudyDate BETWEEN ? AND ?"
+    spring = patients_where(truth, lung, "1998-03-02", "1998-04-12")
+    assert spring != patients_where(truth, lung, "1998-02-03", "1998-12-04")  # order matters
+    advanced = search(api, ("CollectionCriteria", "4D-Lung"),
+                      ("DateRangeCriteria", "02/03/1998", "12/04/1998"), size=0)
+    assert advanced["totalPatients"] == spring
+    v4 = requests.post(f"{api}/v4/getSimpleSearch", data={
+        "criteriaType0": "CollectionCriteria", "value0": "4D-Lung",
+        "criteriaType1": "DateRangeCriteria", "fromDate1": "03-02-1998", "toDate1": "04-12-1998",
+        "size": 0})
+    assert v4.json()["totalPatients"] == spring
+
+
 def test_restrictions_for_simple_search(api):
     seed = requests.post(f"{api}/getRestrictionsForSimpleSearch",
                          data="criteriaType0=ThirdPartyAnalysis&value0=yes&sortField=subject"
@@ -549,6 +567,13 @@ def test_shared_list_duplicate_name_changes_nothing(api, server):
     assert requests.post(f"{api}/getCartData", data={"list": f"nbia-{name}"}).json() == [study]
 
 
+@pytest.mark.parametrize("name", ["\u00b2", "\u0661\u0662", "9" * 20, "no-such-cart"])
+def test_cart_data_of_an_unknown_cart_is_empty(api, name):
+    """Superscript digits pass str.isdigit() but are no series id int() can read."""
+    r = requests.post(f"{api}/getCartData", data={"list": name})
+    assert (r.status_code, r.json()) == (200, [])
+
+
 def test_manufacturer_tree(api):
     tree = requests.get(f"{api}/getManufacturerTree").json()
     assert tree["data"] == {"criteria": "root", "value": "All Manufactures"}
@@ -589,6 +614,26 @@ def test_formats_and_empty_answers(api):
         assert (empty.status_code, empty.content) == (200, b"")
     injected = requests.get(f"{api}/v1/getSeries", params={"Collection": "x' OR '1'='1"})
     assert (injected.status_code, injected.content) == (200, b"")
+
+
+def test_xml_answers_are_well_formed(api):
+    """XML 1.0 forbids the \\x01 some real IDC series descriptions hold, and element names
+    that start with a digit (getSeriesMetaData's "3rd Party Analysis")."""
+    uid, description = duckdb.connect().execute(
+        f"SELECT SeriesInstanceUID, SeriesDescription FROM read_parquet("
+        f"'{IDC / 'idc_index.parquet'}') WHERE contains(SeriesDescription, chr(1)) "
+        f"ORDER BY 1 LIMIT 1").fetchone()
+    for version in ("v1", "v4"):
+        series = requests.get(f"{api}/{version}/getSeries",
+                              params={"SeriesInstanceUID": uid, "format": "xml"})
+        (row,) = ElementTree.fromstring(series.content)
+        fields = {e.tag: e.text for e in row}
+        assert fields["SeriesInstanceUID"] == uid
+        assert fields["SeriesDescription"] == description.replace("\x01", "\ufffd")
+        metadata = requests.get(f"{api}/{version}/getSeriesMetaData",
+                                params={"SeriesInstanceUID": uid, "format": "xml"})
+        (row,) = ElementTree.fromstring(metadata.content)
+        assert uid in {e.text for e in row} and len(row) > 10
 
 
 def test_version_date_styles_and_authorized(api):
@@ -636,11 +681,17 @@ def restricted(tmp_path_factory):
         yield live
 
 
-@pytest.mark.parametrize("who", ["guest", "bearer undefined", "ungranted", "granted"])
+@pytest.mark.parametrize("who", ["guest", "bearer undefined", "nbia_guest token", "ungranted",
+                                 "granted"])
 def test_restricted_collection_rules(restricted, who):
-    headers = {"guest": {}, "bearer undefined": {"Authorization": "Bearer undefined"},
-               "ungranted": {"Authorization": f"Bearer {restricted.ungranted}"},
-               "granted": {"Authorization": f"Bearer {restricted.granted}"}}[who]
+    if who == "nbia_guest token":
+        token = requests.post(f"{restricted.url}{TOKEN}", data={
+            "username": "nbia_guest", "password": "", "grant_type": "password"}).json()
+        headers = {"Authorization": f"Bearer {token['access_token']}"}
+    else:
+        headers = {"guest": {}, "bearer undefined": {"Authorization": "Bearer undefined"},
+                   "ungranted": {"Authorization": f"Bearer {restricted.ungranted}"},
+                   "granted": {"Authorization": f"Bearer {restricted.granted}"}}[who]
     api = f"{restricted.url}{SERVICES}"
     sees = who == "granted"
     secret = restricted.secret_series
@@ -666,6 +717,89 @@ def test_restricted_collection_rules(restricted, who):
     assert (secret[0] in manifest) == sees
     shared = post("createSharedList", list=secret[0], name=f"s-{uuid.uuid4().hex}")
     assert shared.status_code == (200 if sees else 400)
+
+
+# ----- OAuth2 tokens and logout -------------------------------------------------------------
+def token(live: LiveServer, method: str = "POST", **fields) -> requests.Response:
+    """A token request; POST sends the fields as a form, GET as a query string."""
+    if method == "POST":
+        return requests.post(f"{live.url}{TOKEN}", data=fields)
+    return requests.get(f"{live.url}{TOKEN}", params=fields)
+
+
+def works(live: LiveServer, access_token: str) -> int:
+    return requests.get(f"{live.url}{SERVICES}/v4/getModalityValues?Collection=4D-Lung",
+                        headers={"Authorization": f"Bearer {access_token}"}).status_code
+
+
+@pytest.mark.parametrize("method,where,password", [
+    ("POST", "form", ""), ("POST", "query", "anything"), ("GET", "query", ""),
+    ("GET", "query", None)])
+def test_oauth_guest_token_in_every_form(server, method, where, password):
+    fields = {"username": "nbia_guest", "client_id": "NBIA", "grant_type": "password",
+              **({} if password is None else {"password": password})}
+    if where == "query" and method == "POST":
+        r = requests.post(f"{server.url}{TOKEN}", params=fields)
+    else:
+        r = token(server, method, **fields)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert {"access_token", "token_type", "expires_in", "refresh_token", "refresh_expires_in",
+            "scope"} <= set(body)
+    assert (body["token_type"], body["expires_in"]) == ("bearer", 7200)
+    assert works(server, body["access_token"]) == 200
+
+
+def test_oauth_errors_are_the_specs(server):
+    server.user_token("oauth-user", "right-password")
+    for fields in ({"username": "oauth-user", "password": "wrong"},
+                   {"username": "oauth-user"},
+                   {"username": f"nobody-{uuid.uuid4().hex}", "password": "x"}):
+        r = token(server, grant_type="password", **fields)
+        assert (r.status_code, r.json()) == (401, {"error": "invalid_grant",
+                                                   "error_description": "Invalid user credentials"})
+    r = token(server, username="oauth-user", password="right-password",
+              grant_type="client_credentials")
+    assert (r.status_code, r.json()) == (400, {"error": "unsupported_grant_type"})
+    assert token(server, "GET", username="oauth-user", password="right-password",
+                 grant_type="password").status_code == 200
+
+
+def test_oauth_refresh_and_logout(server):
+    server.user_token("oauth-refresher", "pw-refresh")
+    first = token(server, username="oauth-refresher", password="pw-refresh",
+                  grant_type="password").json()
+    second = token(server, grant_type="refresh_token", refresh_token=first["refresh_token"])
+    assert second.status_code == 200
+    pair = second.json()
+    assert pair["expires_in"] == 7200 and pair["access_token"] != first["access_token"]
+    assert pair["refresh_token"] != first["refresh_token"]
+    assert works(server, first["access_token"]) == 401  # the old pair is revoked
+    assert works(server, pair["access_token"]) == 200
+    reused = token(server, grant_type="refresh_token", refresh_token=first["refresh_token"])
+    assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+    for method in ("GET", "POST"):
+        access = token(server, "GET", username="oauth-refresher", password="pw-refresh",
+                       grant_type="password").json()["access_token"]
+        bye = requests.request(method, f"{server.url}/nbia-api/logout",
+                               headers={"Authorization": f"Bearer {access}"})
+        assert (bye.status_code, bye.text) == (200, "You Have Logged Out successfully.")
+        assert works(server, access) == 401
+        again = requests.request(method, f"{server.url}/nbia-api/logout",
+                                 headers={"Authorization": f"Bearer {access}"})
+        assert again.status_code == 401
+
+
+def test_an_expired_token_is_401_and_refresh_gives_a_new_pair(small_archive):
+    with LiveServer(Archive(small_archive.root, token_lifetime_s=1)) as live:
+        pair = token(live, username="nbia_guest", password="").json()
+        assert pair["expires_in"] == 1
+        time.sleep(1.2)
+        r = requests.get(f"{live.url}{SERVICES}/getModalityValuesAndCounts",
+                         headers={"Authorization": f"Bearer {pair['access_token']}"})
+        assert r.status_code == 401 and "expired" in r.text
+        fresh = token(live, grant_type="refresh_token", refresh_token=pair["refresh_token"])
+        assert works(live, fresh.json()["access_token"]) == 200
 
 
 def test_bad_token_is_refused(api):

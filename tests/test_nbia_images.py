@@ -189,6 +189,16 @@ def test_tcia_utils_get_dicom_tags(tcia, server):
     assert rows.loc["(0008,0018)", "data"] == ct["SOPInstanceUID"]
 
 
+def test_tcia_utils_finds_the_series_an_rtstruct_references(tcia, server):
+    """getSegRefSeries reads NBIA's nesting marks: `>>(3006,0014)` followed by
+    `>>>(0020,000E)` (the `>` belong to the element, not the name)."""
+    rtstruct = stored_sample(server, "rtstruct.dcm")
+    ds = pydicom.dcmread(rtstruct["path"], force=True)
+    referenced = (ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+                  .RTReferencedSeriesSequence[0].SeriesInstanceUID)
+    assert tcia.getSegRefSeries(rtstruct["SeriesInstanceUID"]) == referenced
+
+
 # ----- zips ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("version", ["v1", "v2", "v4"])
@@ -311,15 +321,25 @@ def test_dicom_tags_of_a_series_come_from_its_first_image(server, big_series):
 
 
 def test_dicom_tags_nest_sequence_items_with_a_marker_per_level(server):
+    """As NBIA writes them: one `>` per level in front of the element, the items' elements
+    after the sequence, then an `End <name>` row repeating the sequence's element."""
     ct = stored_sample(server, "CT_small.dcm")
     by_series = call(server, "v4/getDicomTags", SeriesUID=ct["SeriesInstanceUID"]).json()
     by_image = call(server, "getDicomTagsByImageID",
                     imageID=str(stable_pk(ct["SOPInstanceUID"]))).json()
     assert by_series == by_image
-    names = [row["name"] for row in by_image]
-    sequence = names.index("Other Patient IDs Sequence")
-    assert names[sequence + 1:sequence + 3] == [">Patient ID", ">Type of Patient ID"]
+    ds = pydicom.dcmread(ct["path"])
+    sequence = by_image.index({"element": "(0010,1002)", "name": "Other Patient IDs Sequence",
+                               "data": ""})
+    items = [{"element": f">({e.tag.group:04X},{e.tag.element:04X})", "name": e.name,
+              "data": str(e.value)} for item in ds.OtherPatientIDsSequence for e in item]
+    assert len(items) == 4
+    end = sequence + 1 + len(items)
+    assert by_image[sequence + 1:end] == items
+    assert by_image[end] == {"element": "(0010,1002)", "name": "End Other Patient IDs Sequence",
+                             "data": ""}
     assert {"element": "(0028,0010)", "name": "Rows", "data": "128"} in by_image
+    assert not any(row["name"].startswith(">") for row in by_image)
 
 
 @pytest.mark.parametrize("version", ["v2", "v4"])

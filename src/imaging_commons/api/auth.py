@@ -75,8 +75,12 @@ def _token_response(pair) -> JSONResponse:
     }, headers={"Cache-Control": "no-store"})
 
 
-def _grant_error(status: int, error: str, description: str) -> JSONResponse:
-    return JSONResponse({"error": error, "error_description": description}, status_code=status)
+def _grant_error(status: int, error: str, description: str | None = None) -> JSONResponse:
+    """The OAuth2 error body; NBIA sends no description with unsupported_grant_type."""
+    body = {"error": error}
+    if description:
+        body["error_description"] = description
+    return JSONResponse(body, status_code=status)
 
 
 async def oauth_token(request: Request):
@@ -98,7 +102,7 @@ async def oauth_token(request: Request):
             return _token_response(accounts.refresh(params.get("refresh_token", "")))
         except AccountError:
             return _grant_error(400, "invalid_grant", "Invalid refresh token")
-    return _grant_error(400, "unsupported_grant_type", f"Unsupported grant type: {grant}")
+    return _grant_error(400, "unsupported_grant_type")
 
 
 async def logout(request: Request):

@@ -54,9 +54,12 @@ SERIES_FILTERS = {"Collection": "collections", "PatientID": "patients",
 # ----- parameters ---------------------------------------------------------------------------
 class Params:
     """What a route was sent: the query string plus form fields on POST. Names match
-    case-insensitively, names may repeat (`list=a&list=b`), empty values count as missing."""
+    case-insensitively, names may repeat (`list=a&list=b`), empty values count as missing.
+    `version` is the API version of the path (4 on services/v4/..., None on the advanced one),
+    which decides how dates are read."""
 
-    def __init__(self, pairs: list[tuple[str, str]]):
+    def __init__(self, pairs: list[tuple[str, str]], version: int | None = None):
+        self.version = version
         self._values: dict[str, list[str]] = {}
         for name, value in pairs:
             if "\x00" in name or "\x00" in value:
@@ -123,7 +126,7 @@ def taking(*allowed: str) -> Callable:
             except Exception as exc:  # malformed multipart bodies raise several types
                 raise ApiError(400, f"Unreadable form body: {exc}") from None
             pairs += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
-        return Params(pairs)
+        return Params(pairs, api_version(request))
 
     read.allowed = names
     return read
@@ -189,11 +192,11 @@ def parse_date(name: str, text: str, formats: Sequence[str], example: str) -> dt
     raise ApiError(400, f"Parameter {name} must be a date like {example}, not {text!r}")
 
 
-def version_date(request: Request, params: Params, *names: str) -> dt.date:
+def version_date(params: Params, *names: str) -> dt.date:
     """A versioned route's date parameter: v4 writes MM-DD-YYYY, older versions dd/MM/yyyy."""
     name = next((n for n in names if params.get(n)), names[0])
     text = params.required(name)
-    if api_version(request) == 4:
+    if params.version == 4:
         return parse_date(name, text, MONTH_FIRST, "01-31-2024")
     return parse_date(name, text, DAY_FIRST, "31/01/2024")
 
@@ -216,12 +219,12 @@ def _value(target: str) -> Callable[[Criteria, Params, int], None]:
 
 
 def _date_range(criteria: Criteria, params: Params, i: int) -> None:
-    # NBIA reads MM/dd/yyyy (tcia_utils sends MM-DD-YYYY); the seed documents dd/mm/yyyy,
-    # which the day-first fallback still reads when the month-first reading is impossible.
-    first = parse_date(f"fromDate{i}", params.required(f"fromDate{i}"), MONTH_FIRST + DAY_FIRST,
-                       "01/31/2024")
-    last = parse_date(f"toDate{i}", params.required(f"toDate{i}"), MONTH_FIRST + DAY_FIRST,
-                      "01/31/2024")
+    # The advanced API reads the seed's dd/mm/yyyy (as NBIA's own parser does), v4 MM-DD-YYYY;
+    # each falls back to the other order when its own reading of a date is impossible.
+    formats, example = ((MONTH_FIRST + DAY_FIRST, "01-31-2024") if params.version == 4
+                        else (DAY_FIRST + MONTH_FIRST, "31/01/2024"))
+    first = parse_date(f"fromDate{i}", params.required(f"fromDate{i}"), formats, example)
+    last = parse_date(f"toDate{i}", params.required(f"toDate{i}"), formats, example)
     if first > last:
         raise ApiError(400, f"fromDate{i} is after toDate{i}")
     criteria.study_date_from, criteria.study_date_to = first, last
@@ -498,11 +501,16 @@ def csv_chunks(columns: Sequence[str], rows: Iterator[list]) -> Iterator[str]:
     yield from (line(row) for row in rows)
 
 
+XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
 def xml_chunks(columns: Sequence[str], rows: Iterator[list]) -> Iterator[str]:
-    tags = [re.sub(r"[^0-9A-Za-z_]", "_", c) for c in columns]
+    """Well-formed XML: an element name cannot start with a digit ("3rd Party Analysis"), and
+    characters XML 1.0 forbids (some IDC series descriptions hold \\x01) become U+FFFD."""
+    tags = [re.sub(r"^(?=\d)|[^0-9A-Za-z_]", "_", c) for c in columns]
     yield '<?xml version="1.0" encoding="UTF-8" standalone="yes"?><Results>'
     for row in rows:
-        yield "<Row>" + "".join(f"<{t}>{xml_escape(str(v))}</{t}>"
+        yield "<Row>" + "".join(f"<{t}>{xml_escape(XML_ILLEGAL.sub(chr(0xFFFD), str(v)))}</{t}>"
                                 for t, v in zip(tags, row) if v is not None) + "</Row>"
     yield "</Results>"
 
@@ -579,9 +587,12 @@ def drill_down_series(r: dict, wire: Wire) -> dict:
         "exactSize": r["size_bytes"]}
 
 
+SERIES_PK = re.compile(r"\d{1,19}")  # decimal digits int() reads, and at most 64 bits
+
+
 def series_pks(params: Params) -> list[int]:
     values = params.required_items()
-    if not all(re.fullmatch(r"\d{1,19}", v) for v in values):
+    if not all(SERIES_PK.fullmatch(v) for v in values):
         raise ApiError(400, "Parameter list must hold series ids (whole numbers)")
     return [int(v) for v in values]
 
@@ -893,7 +904,7 @@ def cart_data(request: Request, scope: CallerScope, search: Search,
         saved = shared_list_uids(request, value)
         if saved is not None:
             uids += saved
-        elif value.isdigit() and len(value) < 20:
+        elif SERIES_PK.fullmatch(value):
             pks.append(int(value))
     if pks:
         uids += [r["SeriesInstanceUID"] for r in search.series(scope, Criteria(series_pks=pks))]
@@ -939,7 +950,7 @@ def series(request: Request, scope: CallerScope, search: Search,
 def updated_series(request: Request, scope: CallerScope, search: Search,
                    params: Params = Depends(taking("fromDate"))) -> Response:
     """Series released or revised on or after fromDate (v4: MM-DD-YYYY; v1/v2: dd/MM/yyyy)"""
-    since = version_date(request, params, "fromDate")
+    since = version_date(params, "fromDate")
     columns = UPDATED_SERIES_COLUMNS_V4 if api_version(request) == 4 else SERIES_COLUMNS
     return listing(request, params, scope, columns,
                    search.iter_series(scope, Criteria(released_since=since)))
@@ -981,7 +992,7 @@ def new_patients(request: Request, scope: CallerScope, search: Search,
     """Patients of a Collection with a series released on or after Date
     The date may also come as fromDate, which tcia_utils sends."""
     criteria = Criteria(collections=[params.required("Collection")],
-                        released_since=version_date(request, params, "Date", "fromDate"))
+                        released_since=version_date(params, "Date", "fromDate"))
     return listing(request, params, scope, PATIENT_COLUMNS, [search.patients(scope, criteria)])
 
 
@@ -1005,7 +1016,7 @@ def new_studies(request: Request, scope: CallerScope, search: Search,
     """Studies of a Collection (and PatientID) with a series released on or after Date"""
     criteria = Criteria(collections=[params.required("Collection")],
                         patients=params.all("PatientID"),
-                        released_since=version_date(request, params, "Date", "fromDate"))
+                        released_since=version_date(params, "Date", "fromDate"))
     return listing(request, params, scope, STUDY_COLUMNS, [search.studies(scope, criteria)])
 
 

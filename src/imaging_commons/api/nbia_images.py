@@ -58,8 +58,35 @@ def new_file_names(count: int) -> list[str]:
     return [f"1-{position:0{width}d}.dcm" for position in range(1, count + 1)]
 
 
+def nbia_tag_rows(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The core's tag listing as NBIA writes it: the `>` of each nesting level goes in front of
+    the element, not the name, and a sequence's items are followed by an `End <name>` row
+    repeating its element (tcia_utils' getSegRefSeries finds referenced series by both). The
+    listing shows a sequence only by the deeper rows after it, so one without items gets no
+    End row."""
+    out: list[dict[str, str]] = []
+    open_sequences: list[tuple[int, dict[str, str]]] = []  # (depth, row), innermost last
+
+    def close(level: int) -> None:
+        while open_sequences and open_sequences[-1][0] >= level:
+            sequence = open_sequences.pop()[1]
+            out.append({**sequence, "name": f"End {sequence['name']}"})
+
+    depth = 0
+    for row in rows:
+        name = row["name"].lstrip(">")
+        level = len(row["name"]) - len(name)
+        if level > depth:  # the previous row is the sequence whose items start here
+            open_sequences.append((depth, out[-1]))
+        close(level)
+        out.append({"element": ">" * level + row["element"], "name": name, "data": row["data"]})
+        depth = level
+    close(0)
+    return out
+
+
 def tags_response(instance: downloads.StoredInstance) -> JSONResponse:
-    return JSONResponse(dicom_tags(instance.path))
+    return JSONResponse(nbia_tag_rows(dicom_tags(instance.path)))
 
 
 def zip_response(series_uid: str, entries: list[tuple[str, Path | bytes]]) -> StreamingResponse:
@@ -138,7 +165,8 @@ def get_thumbnail(request: Request, user: User = Depends(nbia_user),
 def get_dicom_tags(request: Request, user: User = Depends(nbia_user),
                    params: Params = Depends(taking("SeriesUID"))):
     """Every element of a series' first image (by InstanceNumber): [{element, name, data}],
-    items of sequences prefixed with one `>` per level."""
+    elements inside sequences prefixed with one `>` per level, a sequence's items followed by
+    an `End <name>` row."""
     series_uid = params.required("SeriesUID")
     with answering_about("SeriesInstanceUID", series_uid):
         first = downloads.series_instances(request.app.state.commons, user, series_uid)[0]
