@@ -6,10 +6,6 @@ pydicom.data.get_testdata_file for others: that would download).
 
 import hashlib
 import io
-import shutil
-import subprocess
-import tracemalloc
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +15,7 @@ import pytest
 from PIL import Image
 from pydicom.pixels import pixel_array
 
-from imaging_commons.core.imaging import ImageUnavailable, dicom_tags, file_md5, iter_zip, render_thumbnail
+from imaging_commons.core.imaging import ImageUnavailable, dicom_tags, file_md5, render_thumbnail
 
 DATA = Path(pydicom.data.__file__).parent / "test_files"
 
@@ -141,82 +137,32 @@ def test_non_dicom_file_raises_image_unavailable(tmp_path):
 
 def test_dicom_tags_lists_meta_then_dataset_in_file_order():
     rows = dicom_tags(DATA / "CT_small.dcm")
-    assert rows[0] == {"element": "(0002,0000)", "name": "File Meta Information Group Length", "data": "192"}
-    assert {"element": "(0028,0010)", "name": "Rows", "data": "128"} in rows
-    assert {"element": "(0008,0008)", "name": "Image Type", "data": "ORIGINAL\\PRIMARY\\AXIAL"} in rows
-    top_level = [r["element"] for r in rows if not r["name"].startswith(">")]
+    assert rows[0] == {"element": "(0002,0000)", "name": "File Meta Information Group Length",
+                       "data": "192", "vr": "UL", "depth": 0}
+    assert {"element": "(0028,0010)", "name": "Rows", "data": "128", "vr": "US", "depth": 0} in rows
+    assert {"element": "(0008,0008)", "name": "Image Type", "data": "ORIGINAL\\PRIMARY\\AXIAL",
+            "vr": "CS", "depth": 0} in rows
+    top_level = [r["element"] for r in rows if r["depth"] == 0]
     assert top_level == sorted(top_level)  # file order is ascending tag order per level
     assert "(7FE0,0010)" not in top_level
 
 
-def test_dicom_tags_nests_sequence_items_with_prefixes():
+def test_dicom_tags_nests_sequence_items_one_level_deeper():
     rows = dicom_tags(DATA / "test-SR.dcm")
     ds = pydicom.dcmread(DATA / "test-SR.dcm")
     assert len(rows) == len(ds.file_meta) + sum(1 for _ in ds.iterall())
-    i = rows.index({"element": "(0040,A043)", "name": "Concept Name Code Sequence", "data": ""})
-    assert rows[i + 1] == {"element": "(0008,0100)", "name": ">Code Value", "data": "1111"}
-    assert any(r["name"].startswith(">>") and not r["name"].startswith(">>>") for r in rows)
+    i = next(n for n, r in enumerate(rows) if r["element"] == "(0040,A043)")
+    assert rows[i]["vr"] == "SQ" and rows[i]["data"] == ""
+    assert rows[i + 1] == {"element": "(0008,0100)", "name": "Code Value", "data": "1111",
+                           "vr": "SH", "depth": rows[i]["depth"] + 1}
+    assert max(r["depth"] for r in rows) >= 2
 
 
 def test_dicom_tags_summarises_bulk_binary_values():
     rows = dicom_tags(DATA / "waveform_ecg.dcm")
-    assert {"element": "(5400,1010)", "name": ">Waveform Data", "data": "<binary data, 240000 bytes>"} in rows
+    waveform = next(r for r in rows if r["element"] == "(5400,1010)")
+    assert waveform["data"] == "<binary data, 240000 bytes>" and waveform["depth"] == 1
     assert max(len(r["data"]) for r in rows) < 4 * 1024
-
-
-def unzip_test(archive: Path) -> None:
-    if shutil.which("unzip"):
-        result = subprocess.run(["unzip", "-t", str(archive)], capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_iter_zip_round_trips_files_and_bytes_in_order(tmp_path):
-    files = [DATA / "CT_small.dcm", DATA / "MR_small.dcm", DATA / "examples_rgb_color.dcm"]
-    entries = [(f"series/{f.name}", f) for f in files] + [("manifest.txt", b"hello\n")]
-    chunks = list(iter_zip(entries, chunk_size=4096))
-    # streamed in blocks: none tiny (but the last), none much bigger than two chunks
-    assert len(chunks) > len(entries) and max(map(len, chunks)) < 2 * 4096 + 1024
-    assert min(map(len, chunks[:-1])) >= 4096
-    archive = tmp_path / "out.zip"
-    archive.write_bytes(b"".join(chunks))
-    with zipfile.ZipFile(archive) as zf:
-        assert zf.namelist() == [name for name, _ in entries]
-        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
-        for f in files:
-            assert hashlib.md5(zf.read(f"series/{f.name}")).hexdigest() == file_md5(f)
-        assert zf.read("manifest.txt") == b"hello\n"
-        assert zf.testzip() is None
-    unzip_test(archive)
-
-
-def test_iter_zip_uses_zip64_above_the_limit(tmp_path, monkeypatch):
-    # Lowering zipfile's 2 GB limit exercises the ZIP64 path without 2 GB of data.
-    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 1000)
-    data = bytes(range(256)) * 20
-    archive = tmp_path / "out.zip"
-    archive.write_bytes(b"".join(iter_zip([("ct.dcm", DATA / "CT_small.dcm"), ("blob.bin", data)])))
-    monkeypatch.undo()
-    with zipfile.ZipFile(archive) as zf:
-        assert zf.read("blob.bin") == data
-        assert hashlib.md5(zf.read("ct.dcm")).hexdigest() == file_md5(DATA / "CT_small.dcm")
-    unzip_test(archive)
-
-
-def test_iter_zip_streams_large_file_with_bounded_memory(tmp_path):
-    big, block, blocks = tmp_path / "big.bin", bytes(range(256)) * 4096, 300
-    with open(big, "wb") as f:
-        for _ in range(blocks):
-            f.write(block)
-    total = 0
-    tracemalloc.start()
-    try:
-        for chunk in iter_zip([("big.bin", big)]):
-            total += len(chunk)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert len(block) * blocks < total < len(block) * blocks + 1024
-    assert peak < 50 * 1024 * 1024
 
 
 def test_file_md5_matches_hashlib_across_chunks(tmp_path):

@@ -590,3 +590,17 @@ def test_a_large_series_is_streamed_not_built_in_memory(tmp_path):
     assert peak_growth < received / 8, f"peak grew by {peak_growth / 1e6:.1f} MB"
     with zipfile.ZipFile(tmp_path / "series.zip") as zipped:
         assert len(zipped.namelist()) == 201 and zipped.testzip() is None
+
+
+def test_an_empty_sequence_is_closed_too():
+    """NBIA closes every sequence with an End row, items or not."""
+    from imaging_commons.api.nbia_images import nbia_tag_rows
+
+    rows = [{"element": "(0008,1140)", "name": "Referenced Image Sequence", "data": "",
+             "vr": "SQ", "depth": 0},
+            {"element": "(0010,0010)", "name": "Patient's Name", "data": "A^B", "vr": "PN",
+             "depth": 0}]
+    assert nbia_tag_rows(rows) == [
+        {"element": "(0008,1140)", "name": "Referenced Image Sequence", "data": ""},
+        {"element": "(0008,1140)", "name": "End Referenced Image Sequence", "data": ""},
+        {"element": "(0010,0010)", "name": "Patient's Name", "data": "A^B"}]

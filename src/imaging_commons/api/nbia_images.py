@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import (FileResponse, JSONResponse, PlainTextResponse, Response,
@@ -19,7 +18,8 @@ from fastapi.responses import (FileResponse, JSONResponse, PlainTextResponse, Re
 from ..core import downloads
 from ..core.accounts import User
 from ..core.downloads import Level
-from ..core.imaging import ImageUnavailable, dicom_tags, iter_zip, render_thumbnail
+from ..core.imaging import ImageUnavailable, dicom_tags, render_thumbnail
+from ..core.zips import Member, iter_zip
 from .auth import nbia_user
 from .errors import ApiError
 from . import nbia
@@ -58,29 +58,25 @@ def new_file_names(count: int) -> list[str]:
     return [f"1-{position:0{width}d}.dcm" for position in range(1, count + 1)]
 
 
-def nbia_tag_rows(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+def nbia_tag_rows(rows: list[dict]) -> list[dict[str, str]]:
     """The core's tag listing as NBIA writes it: the `>` of each nesting level goes in front of
-    the element, not the name, and a sequence's items are followed by an `End <name>` row
-    repeating its element (tcia_utils' getSegRefSeries finds referenced series by both). The
-    listing shows a sequence only by the deeper rows after it, so one without items gets no
-    End row."""
+    the element, and every sequence is closed by an `End <name>` row repeating its element
+    after its items (tcia_utils' getSegRefSeries finds referenced series by both)."""
     out: list[dict[str, str]] = []
-    open_sequences: list[tuple[int, dict[str, str]]] = []  # (depth, row), innermost last
+    open_sequences: list[dict] = []  # innermost last
 
-    def close(level: int) -> None:
-        while open_sequences and open_sequences[-1][0] >= level:
-            sequence = open_sequences.pop()[1]
-            out.append({**sequence, "name": f"End {sequence['name']}"})
+    def close(depth: int) -> None:
+        while open_sequences and open_sequences[-1]["depth"] >= depth:
+            sequence = open_sequences.pop()
+            out.append({"element": ">" * sequence["depth"] + sequence["element"],
+                        "name": f"End {sequence['name']}", "data": ""})
 
-    depth = 0
     for row in rows:
-        name = row["name"].lstrip(">")
-        level = len(row["name"]) - len(name)
-        if level > depth:  # the previous row is the sequence whose items start here
-            open_sequences.append((depth, out[-1]))
-        close(level)
-        out.append({"element": ">" * level + row["element"], "name": name, "data": row["data"]})
-        depth = level
+        close(row["depth"])
+        out.append({"element": ">" * row["depth"] + row["element"], "name": row["name"],
+                    "data": row["data"]})
+        if row["vr"] == "SQ":
+            open_sequences.append(row)
     close(0)
     return out
 
@@ -89,8 +85,13 @@ def tags_response(instance: downloads.StoredInstance) -> JSONResponse:
     return JSONResponse(nbia_tag_rows(dicom_tags(instance.path)))
 
 
-def zip_response(series_uid: str, entries: list[tuple[str, Path | bytes]]) -> StreamingResponse:
-    return StreamingResponse(iter_zip(entries), media_type="application/zip", headers={
+def image_members(names: list[str], series: downloads.SeriesFiles) -> list[Member]:
+    """The series' stored files under `names`, with the CRC-32 recorded at ingest."""
+    return [Member(name, i.path, i.crc32) for name, i in zip(names, series.instances)]
+
+
+def zip_response(series_uid: str, members: list[Member]) -> StreamingResponse:
+    return StreamingResponse(iter_zip(members), media_type="application/zip", headers={
         "Content-Disposition": f'attachment; filename="{series_uid}.zip"'})
 
 
@@ -118,8 +119,8 @@ def get_image(request: Request, user: User = Depends(nbia_user),
         names = new_file_names(len(series.instances))
     else:
         names = [f"{i.sop_instance_uid}.dcm" for i in series.instances]
-    images = [(name, i.path) for name, i in zip(names, series.instances)]
-    return zip_response(series_uid, [("LICENSE", series.license_text.encode())] + images)
+    return zip_response(series_uid, [Member("LICENSE", series.license_text.encode())]
+                        + image_members(names, series))
 
 
 @serve("getImageWithMD5Hash", "v1", "v2", "v4")
@@ -134,8 +135,8 @@ def get_image_with_md5_hash(request: Request, user: User = Depends(nbia_user),
     names = [f"{position:08d}.dcm" for position in range(1, len(series.instances) + 1)]
     csv = "Filename,MD5Hash\n" + "".join(
         f"{name},{i.md5}\n" for name, i in zip(names, series.instances))
-    images = [(name, i.path) for name, i in zip(names, series.instances)]
-    return zip_response(series_uid, images + [("md5hashes.csv", csv.encode())])
+    return zip_response(series_uid, image_members(names, series)
+                        + [Member("md5hashes.csv", csv.encode())])
 
 
 @serve("getSingleImage", "v1", "v2", "v4")

@@ -57,6 +57,7 @@ class StoredInstance:
     path: Path
     collection_id: str
     license_short_name: str | None
+    crc32: int | None
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class SeriesFiles:
 
 
 _INSTANCE_COLUMNS = ("SOPInstanceUID", "SeriesInstanceUID", "InstanceNumber", "instance_md5",
-                     "blob_key", "collection_id", "license_short_name")
+                     "blob_key", "collection_id", "license_short_name", "instance_crc32")
 # NBIA's order for a series' images; the SOP UID only makes ties deterministic
 _INSTANCE_ORDER = "InstanceNumber NULLS FIRST, SOPInstanceUID"
 
@@ -180,8 +181,8 @@ def _query_instances(view: _View, condition: str, params: list) -> list[StoredIn
                         f"WHERE level = 'instance' AND {condition} ORDER BY {_INSTANCE_ORDER}",
                         params)
     blob_dir = view.commons.archive.blob_dir
-    return [StoredInstance(sop, series, number, md5, blob_dir / key, collection, license)
-            for sop, series, number, md5, key, collection, license in rows]
+    return [StoredInstance(sop, series, number, md5, blob_dir / key, collection, license, crc)
+            for sop, series, number, md5, key, collection, license, crc in rows]
 
 
 def _explain_absence(view: _View, condition: str, params: list, described: str) -> NoReturn:

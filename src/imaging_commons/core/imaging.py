@@ -1,5 +1,5 @@
-"""HTTP-free imaging helpers for the archive server: thumbnails, tag listings,
-streaming ZIP downloads and checksums.
+"""HTTP-free imaging helpers for the archive server: thumbnails, tag listings and checksums
+(streaming ZIP downloads are in `zips`).
 
 Everything here works on files on disk and keeps memory bounded, so the web
 layer can call it for any instance or series without loading whole studies.
@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import time
-import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -95,31 +93,32 @@ def _to_uint8(ds: Dataset, arr: np.ndarray) -> np.ndarray:
     return np.round(np.clip(grey, 0, 255)).astype(np.uint8)
 
 
-def dicom_tags(path: str | Path) -> list[dict[str, str]]:
-    """List every element as ``{"element": "(0028,0010)", "name": "Rows", "data": "512"}``.
+def dicom_tags(path: str | Path) -> list[dict]:
+    """List every element as ``{"element": "(0028,0010)", "name": "Rows", "data": "512",
+    "vr": "US", "depth": 0}``.
 
-    File meta (group 0002) first, then the dataset, in file order. Sequence
-    elements have data ``""`` and are followed by their items' elements, whose
-    names get one ``>`` per nesting level. Values are text, multiple values
-    joined by ``\\``; short binary values are hex bytes joined by ``\\``.
-    Binary values (OB/OD/OF/OL/OV/OW/UN) over 1 KB are shown as
-    ``"<binary data, N bytes>"``. Top-level Pixel Data is omitted entirely:
-    the file is read with ``stop_before_pixels`` so listing tags never loads
-    the image (elements stored after it, such as trailing padding, are
-    omitted too). Files without a preamble/file meta (which ingest accepts when
-    they carry their UIDs) are read with ``force``.
+    File meta (group 0002) first, then the dataset, in file order. A sequence element (data
+    ``""``) is followed by its items' elements at ``depth`` one more. Values are text, multiple
+    values joined by ``\\``; short binary values are hex bytes joined by ``\\``. Binary values
+    (OB/OD/OF/OL/OV/OW/UN) over 1 KB are shown as ``"<binary data, N bytes>"``. Top-level
+    Pixel Data is omitted entirely: the file is read with ``stop_before_pixels`` so listing
+    tags never loads the image (elements stored after it, such as trailing padding, are
+    omitted too). Files without a preamble/file meta (which ingest accepts when they carry
+    their UIDs) are read with ``force``.
     """
     ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     return list(_rows(ds.file_meta, 0)) + list(_rows(ds, 0))
 
 
-def _rows(ds: Dataset, depth: int) -> Iterator[dict[str, str]]:
+def _rows(ds: Dataset, depth: int) -> Iterator[dict]:
     """Depth-first rows of ``ds``; items of a sequence follow the sequence element."""
     for elem in ds:
         yield {
             "element": f"({elem.tag.group:04X},{elem.tag.element:04X})",
-            "name": ">" * depth + elem.name,
+            "name": elem.name,
             "data": "" if elem.VR == "SQ" else _text(elem),
+            "vr": elem.VR,
+            "depth": depth,
         }
         if elem.VR == "SQ":
             for item in elem.value:
@@ -138,65 +137,6 @@ def _text(elem: DataElement) -> str:
     if elem.VM > 1:
         return "\\".join(str(v) for v in value)
     return str(value)
-
-
-class _Sink:
-    """Write-only, non-seekable buffer that ``zipfile`` writes into and ``iter_zip`` drains.
-
-    Having no ``tell``/``seek`` makes zipfile stream: it writes each member's
-    sizes and CRC in a data descriptor after the data instead of seeking back.
-    """
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self.held = 0
-
-    def write(self, data: bytes) -> int:
-        self._parts.append(bytes(data))
-        self.held += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        """zipfile flushes on close; nothing to do for an in-memory buffer."""
-
-    def drain(self) -> bytes:
-        data = b"".join(self._parts)
-        self._parts.clear()
-        self.held = 0
-        return data
-
-
-def iter_zip(entries: Iterable[tuple[str, Path | bytes]], chunk_size: int = 1 << 20) -> Iterator[bytes]:
-    """Yield a ZIP archive of ``entries`` (name, file path or bytes) chunk by chunk.
-
-    Members are ZIP_STORED (DICOM is already compressed or large, and NBIA
-    sends stored) in the given order, with data descriptors because the output
-    is never seeked. Files are read ``chunk_size`` bytes at a time, so memory
-    stays around one chunk whatever the archive size; members over 2 GB use
-    ZIP64. Path members keep their modification time, bytes members get the
-    current time. Output is yielded in blocks of about ``chunk_size`` (never one
-    tiny piece per member), since each block a server sends costs a socket write.
-    """
-    sink = _Sink()
-    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as archive:
-        for name, source in entries:
-            if isinstance(source, bytes):
-                info, size = zipfile.ZipInfo(name, time.localtime()[:6]), len(source)
-            else:
-                info = zipfile.ZipInfo.from_file(source, name, strict_timestamps=False)
-                size = info.file_size
-            with archive.open(info, "w", force_zip64=size > zipfile.ZIP64_LIMIT) as member:
-                if isinstance(source, bytes):
-                    member.write(source)
-                else:
-                    with open(source, "rb") as f:
-                        for chunk in iter(partial(f.read, chunk_size), b""):
-                            member.write(chunk)
-                            if sink.held >= chunk_size:
-                                yield sink.drain()
-            if sink.held >= chunk_size:
-                yield sink.drain()
-    yield sink.drain()
 
 
 def file_md5(path: str | Path) -> str:
