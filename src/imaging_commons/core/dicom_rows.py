@@ -8,6 +8,7 @@ says, so a row can go into the catalogue without further conversion.
 from __future__ import annotations
 
 import datetime
+import functools
 import math
 import os
 import re
@@ -20,6 +21,7 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     Comprehensive3DSRStorage,
     ComprehensiveSRStorage,
@@ -194,10 +196,20 @@ def instance_row(ds: pydicom.Dataset) -> dict[str, object]:
     return row
 
 
+@functools.cache
+def _tag(keyword: str) -> BaseTag:
+    return Tag(keyword)
+
+
 def _get(ds, keyword: str) -> object:
-    """The element's value, or None if absent or if pydicom cannot convert it."""
+    """The element's value, or None if absent or if pydicom cannot convert it. Looked up by
+    tag: ingest reads ~40 keywords per file, most absent, and pydicom's keyword access
+    (attribute lookup, keyword table) costs more than the check itself."""
+    if ds is None:
+        return None
+    tag = _tag(keyword)
     try:
-        return ds.get(keyword)
+        return ds[tag].value if tag in ds else None
     except Exception:
         return None
 
