@@ -557,3 +557,17 @@ def test_stored_files_carry_their_crc32(ingested):
     rows = query(commons, f"SELECT blob_key, instance_crc32 FROM {items(commons, 1)}")
     assert rows and all(zlib.crc32((commons.archive.blob_dir / key).read_bytes()) == crc
                         for key, crc in rows)
+
+
+def test_a_publish_stopped_after_the_flip_is_not_published_twice(tmp_path, monkeypatch):
+    """Between the atomic flip and clearing the stage, a crash leaves a stage that is already
+    a version: publishing again must not make a duplicate version of it."""
+    commons = Commons(Archive(tmp_path / "a"))
+    ingest(commons.catalog, [pydicom_sample_dir() / "CT_small.dcm"], "once")
+    monkeypatch.setattr(commons.catalog, "clear_stage", lambda: None)  # the crash
+    assert publish(commons.catalog) == 1
+    monkeypatch.undo()
+    assert publish(commons.catalog) == 1
+    assert [v.version for v in commons.catalog.versions()] == [1]
+    with pytest.raises(CatalogError):
+        publish(commons.catalog)  # the stage is gone now

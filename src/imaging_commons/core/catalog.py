@@ -284,6 +284,8 @@ class Catalog:
         return {}
 
     def write_stage(self, stage: dict) -> None:
+        """Every stage carries an id, which the version it becomes records (see publish)."""
+        stage.setdefault("id", uuid.uuid4().hex)
         write_json_atomic(self.stage_file, stage)
 
     def clear_stage(self) -> None:

@@ -309,8 +309,12 @@ def publish(catalog: Catalog, date_active: str | None = None) -> int:
     if not stage:
         raise CatalogError("Nothing is staged: ingest or clinical-import something first.")
     state = catalog._state()
-    number = max(state["versions"], default=0) + 1
     previous = catalog.version(state["active"]).manifest if state["active"] else {}
+    if previous.get("stage_id") == stage.get("id"):
+        # a publish that stopped between the flip and clearing the stage: it is done already
+        catalog.clear_stage()
+        return state["active"]
+    number = max(state["versions"], default=0) + 1
     con = catalog.connection()
 
     shared_items = [f for f in previous.get("items", []) if f != previous.get("local_items")]
@@ -348,6 +352,7 @@ def publish(catalog: Catalog, date_active: str | None = None) -> int:
         "collections": [collections],
         "analysis_results": [analysis] if analysis else [],
         "clinical": clinical,
+        "stage_id": stage["id"],
     }
     published = catalog.publish_version(manifest, number=number)
     catalog.clear_stage()
