@@ -179,3 +179,17 @@ def test_duplicate_user_is_a_one_line_error(archive):
     run("--archive", archive, "users", "add", "alice", "--password", "pw-secret-1")
     result = run("--archive", archive, "users", "add", "alice", "--password", "pw-secret-1")
     assert_one_line_error(result, "alice")
+
+
+def test_settings_come_from_the_environment(monkeypatch, tmp_path):
+    from imaging_commons.config import Archive
+
+    monkeypatch.setenv("IMAGING_COMMONS_TOKEN_LIFETIME", "60")
+    monkeypatch.setenv("IMAGING_COMMONS_QUERY_DEADLINE", "0.5")
+    monkeypatch.setenv("IMAGING_COMMONS_MAX_PAGE_SIZE", "100")
+    archive = Archive.from_env(tmp_path)
+    assert (archive.token_lifetime_s, archive.query_deadline_s, archive.max_page_size) == \
+        (60, 0.5, 100)
+    monkeypatch.setenv("IMAGING_COMMONS_MAX_PAGE_SIZE", "lots")
+    result = CliRunner().invoke(main, ["--archive", str(tmp_path), "versions"])
+    assert result.exit_code == 2 and "IMAGING_COMMONS_MAX_PAGE_SIZE" in result.output

@@ -68,7 +68,10 @@ def main(ctx, archive, accounts_url):
     """Imaging Commons: a self-hostable imaging data commons serving the IDC API v1 and
     the NBIA REST API over your own DICOM archive."""
     ctx.ensure_object(dict)
-    ctx.obj["archive"] = Archive.from_env(archive, accounts_url=accounts_url)
+    try:
+        ctx.obj["archive"] = Archive.from_env(archive, accounts_url=accounts_url)
+    except ValueError as e:
+        _fail(str(e), 2)
 
 
 # ----- catalogue ---------------------------------------------------------------------------

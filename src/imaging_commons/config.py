@@ -10,6 +10,12 @@ ARCHIVE_ENV = "IMAGING_COMMONS_ARCHIVE"
 ACCOUNTS_URL_ENV = "IMAGING_COMMONS_ACCOUNTS_URL"
 SECRET_ENV = "IMAGING_COMMONS_SECRET"
 BLOB_URL_ENV = "IMAGING_COMMONS_BLOB_URL"
+# Archive settings a deployment may set from the environment: field -> (variable, type)
+TUNABLE_ENV = {
+    "token_lifetime_s": ("IMAGING_COMMONS_TOKEN_LIFETIME", int),
+    "query_deadline_s": ("IMAGING_COMMONS_QUERY_DEADLINE", float),
+    "max_page_size": ("IMAGING_COMMONS_MAX_PAGE_SIZE", int),
+}
 
 
 @dataclass
@@ -28,8 +34,18 @@ class Archive:
 
     @classmethod
     def from_env(cls, root: str | os.PathLike | None = None, **overrides) -> "Archive":
+        """The archive at `root` (else IMAGING_COMMONS_ARCHIVE, else ./archive), with the
+        settings of TUNABLE_ENV taken from the environment where set."""
         root = root or os.environ.get(ARCHIVE_ENV) or "archive"
-        overrides.setdefault("accounts_url", os.environ.get(ACCOUNTS_URL_ENV))
+        if overrides.get("accounts_url") is None:
+            overrides["accounts_url"] = os.environ.get(ACCOUNTS_URL_ENV)
+        for field_name, (variable, kind) in TUNABLE_ENV.items():
+            raw = os.environ.get(variable)
+            if raw and field_name not in overrides:
+                try:
+                    overrides[field_name] = kind(raw)
+                except ValueError:
+                    raise ValueError(f"{variable}={raw!r} is not a {kind.__name__}") from None
         return cls(Path(root), **overrides)
 
     @property
