@@ -13,7 +13,6 @@ import itertools
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,9 +24,8 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from imaging_commons.config import Archive  # noqa: E402
-from serving import running_server  # noqa: E402
+from serving import idc_archive, running_server  # noqa: E402
 from imaging_commons.core.commons import Commons  # noqa: E402
-from imaging_commons.core.idc_import import import_idc  # noqa: E402
 
 FILTER_SETS = [
     ({"collection_id": ["NLST"], "Modality": ["CT"]}, ["SeriesInstanceUID", "GCS_URL"]),
@@ -68,85 +66,76 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--skip-idc-index", action="store_true")
     args = ap.parse_args()
-    tmp = None
-    if args.archive:
-        archive = Path(args.archive)
-    else:
-        tmp = tempfile.TemporaryDirectory()
-        archive = Path(tmp.name) / "archive"
-        seconds, _ = timed(lambda: import_idc(Commons(Archive(archive)).catalog))
-        print(f"import-idc into a temporary archive: {seconds:.1f} s")
-    commons = Commons(Archive(archive))
-    segment = commons.catalog.segments_dir / commons.catalog.version(25).manifest["items"][0]
-    con = duckdb.connect()
-    con.execute(f"CREATE TABLE items AS SELECT * FROM read_parquet('{segment}') WHERE "
-                "version_min <= 25 AND (version_max IS NULL OR version_max >= 25)")
-    with running_server(archive, args.port, "/v1/about") as base:
-        session = requests.Session()
-        manifest(session, base, {"Modality": ["XA"]}, ["GCS_URL"], 10)  # load segments once
-        print("\nfirst manifest page (page_size 1000), cold, HTTP vs raw DuckDB page+count:")
-        ratios = []
-        for filters, fields in FILTER_SETS:
+    with idc_archive(args.archive) as archive:
+        commons = Commons(Archive(archive))
+        segment = commons.catalog.segments_dir / commons.catalog.version(25).manifest["items"][0]
+        con = duckdb.connect()
+        con.execute(f"CREATE TABLE items AS SELECT * FROM read_parquet('{segment}') WHERE "
+                    "version_min <= 25 AND (version_max IS NULL OR version_max >= 25)")
+        with running_server(archive, args.port, "/v1/about") as base:
+            session = requests.Session()
+            manifest(session, base, {"Modality": ["XA"]}, ["GCS_URL"], 10)  # load segments once
+            print("\nfirst manifest page (page_size 1000), cold, HTTP vs raw DuckDB page+count:")
+            ratios = []
+            for filters, fields in FILTER_SETS:
+                sql, params = raw_queries(con, commons, filters, fields)
+                raw_s, _ = timed(lambda: (con.execute(sql + " LIMIT 1000", params).fetchall(),
+                                          con.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()))
+                ours_s, body = timed(lambda: manifest(session, base, filters, fields, 1000))
+                ratios.append(ours_s / raw_s)
+                print(f"  {json.dumps(filters):60s} total {body['manifest']['totalFound']:>7}  "
+                      f"ours {ours_s * 1000:7.1f} ms  raw {raw_s * 1000:7.1f} ms  "
+                      f"ratio {ours_s / raw_s:5.2f}")
+            p50 = statistics.median(ratios)
+            print(f"  p50 ratio {p50:.2f} (goal <= 3)")
+
+            filters, fields = BIG
             sql, params = raw_queries(con, commons, filters, fields)
-            raw_s, _ = timed(lambda: (con.execute(sql + " LIMIT 1000", params).fetchall(),
-                                      con.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()))
-            ours_s, body = timed(lambda: manifest(session, base, filters, fields, 1000))
-            ratios.append(ours_s / raw_s)
-            print(f"  {json.dumps(filters):60s} total {body['manifest']['totalFound']:>7}  "
-                  f"ours {ours_s * 1000:7.1f} ms  raw {raw_s * 1000:7.1f} ms  "
-                  f"ratio {ours_s / raw_s:5.2f}")
-        p50 = statistics.median(ratios)
-        print(f"  p50 ratio {p50:.2f} (goal <= 3)")
+            raw_runs = [timed(lambda: con.execute(sql, params).fetchall()) for _ in range(PAGING_RUNS)]
+            raw_s, rows = statistics.median(t for t, _ in raw_runs), raw_runs[0][1]
+            print(f"\npaging a whole manifest of {len(rows)} rows ({json.dumps(filters)}), "
+                  f"median of {PAGING_RUNS} cold runs:")
+            print(f"  raw DuckDB, one unpaged query: {raw_s:.2f} s")
+            paging = {}
+            spelling = itertools.count()
+            for page_size in (1000, commons.archive.max_page_size):
+                def page_all():
+                    # each run spells the filter differently (same rows), so the server cannot
+                    # reuse an earlier run's materialised result: every run is cold
+                    extra = next(spelling)
+                    spelled = {k: v + [x.lower() for x in v] * extra for k, v in filters.items()}
+                    body = manifest(session, base, spelled, fields, page_size)
+                    got, latencies, token = len(body["manifest"]["json_manifest"]), [], body["next_page"]
+                    while token:
+                        t0 = time.perf_counter()
+                        r = session.get(f"{base}/v1/cohorts/manifest/nextPage",
+                                        params={"next_page": token, "page_size": page_size})
+                        r.raise_for_status()
+                        latencies.append(time.perf_counter() - t0)
+                        nxt = r.json()
+                        got += len(nxt["manifest"]["json_manifest"])
+                        token = nxt["next_page"]
+                    assert got == len(rows), (got, len(rows))
+                    return latencies
+                runs = [timed(page_all) for _ in range(PAGING_RUNS)]
+                total_s = statistics.median(t for t, _ in runs)
+                paging[page_size] = (total_s, runs[0][1])
+                print(f"  ours, page_size {page_size:>5}: {total_s:.2f} s in {len(runs[0][1]) + 1} "
+                      f"requests, ratio {total_s / raw_s:.2f} (goal <= 1.5)")
+            _, latencies = paging[1000]
+            first, last = statistics.median(latencies[:5]), statistics.median(latencies[-5:])
+            print(f"\nlast page vs first page (page_size 1000, nextPage, median of 5): "
+                  f"{last * 1000:.1f} ms vs {first * 1000:.1f} ms, ratio {last / first:.2f} (goal <= 2)")
 
-        filters, fields = BIG
-        sql, params = raw_queries(con, commons, filters, fields)
-        raw_runs = [timed(lambda: con.execute(sql, params).fetchall()) for _ in range(PAGING_RUNS)]
-        raw_s, rows = statistics.median(t for t, _ in raw_runs), raw_runs[0][1]
-        print(f"\npaging a whole manifest of {len(rows)} rows ({json.dumps(filters)}), "
-              f"median of {PAGING_RUNS} cold runs:")
-        print(f"  raw DuckDB, one unpaged query: {raw_s:.2f} s")
-        paging = {}
-        spelling = itertools.count()
-        for page_size in (1000, commons.archive.max_page_size):
-            def page_all():
-                # each run spells the filter differently (same rows), so the server cannot
-                # reuse an earlier run's materialised result: every run is cold
-                extra = next(spelling)
-                spelled = {k: v + [x.lower() for x in v] * extra for k, v in filters.items()}
-                body = manifest(session, base, spelled, fields, page_size)
-                got, latencies, token = len(body["manifest"]["json_manifest"]), [], body["next_page"]
-                while token:
-                    t0 = time.perf_counter()
-                    r = session.get(f"{base}/v1/cohorts/manifest/nextPage",
-                                    params={"next_page": token, "page_size": page_size})
-                    r.raise_for_status()
-                    latencies.append(time.perf_counter() - t0)
-                    nxt = r.json()
-                    got += len(nxt["manifest"]["json_manifest"])
-                    token = nxt["next_page"]
-                assert got == len(rows), (got, len(rows))
-                return latencies
-            runs = [timed(page_all) for _ in range(PAGING_RUNS)]
-            total_s = statistics.median(t for t, _ in runs)
-            paging[page_size] = (total_s, runs[0][1])
-            print(f"  ours, page_size {page_size:>5}: {total_s:.2f} s in {len(runs[0][1]) + 1} "
-                  f"requests, ratio {total_s / raw_s:.2f} (goal <= 1.5)")
-        _, latencies = paging[1000]
-        first, last = statistics.median(latencies[:5]), statistics.median(latencies[-5:])
-        print(f"\nlast page vs first page (page_size 1000, nextPage, median of 5): "
-              f"{last * 1000:.1f} ms vs {first * 1000:.1f} ms, ratio {last / first:.2f} (goal <= 2)")
+            if not args.skip_idc_index:
+                from idc_index import IDCClient
 
-        if not args.skip_idc_index:
-            from idc_index import IDCClient
-
-            client = IDCClient()
-            q = ("SELECT DISTINCT SeriesInstanceUID, series_aws_url FROM index WHERE "
-                 "collection_id = 'nlst' AND Modality = 'CT' ORDER BY 1, 2 LIMIT 1000")
-            idc_s, _ = timed(lambda: client.sql_query(q))
-            print(f"\nidc-index IDCClient().sql_query, first filter set: {idc_s * 1000:.0f} ms "
-                  f"(ours over HTTP, same filter set: see the first line above)")
-    if tmp:
-        tmp.cleanup()
+                client = IDCClient()
+                q = ("SELECT DISTINCT SeriesInstanceUID, series_aws_url FROM index WHERE "
+                     "collection_id = 'nlst' AND Modality = 'CT' ORDER BY 1, 2 LIMIT 1000")
+                idc_s, _ = timed(lambda: client.sql_query(q))
+                print(f"\nidc-index IDCClient().sql_query, first filter set: {idc_s * 1000:.0f} ms "
+                      f"(ours over HTTP, same filter set: see the first line above)")
     print("\nreproduce: .venv/bin/python bench/bench_idc_api.py")
     return 0
 

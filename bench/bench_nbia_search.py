@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,10 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from imaging_commons.config import Archive  # noqa: E402
-from serving import running_server  # noqa: E402
-from imaging_commons.core.commons import Commons  # noqa: E402
-from imaging_commons.core.idc_import import import_idc  # noqa: E402
+from serving import idc_archive, running_server  # noqa: E402
 
 SEARCH = "/nbia-api/services/getSimpleSearchWithModalityAndBodyPartPaged"
 # (label, form fields, the same patients as a SQL condition over idc_index)
@@ -68,43 +64,35 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=8766)
     ap.add_argument("--runs", type=int, default=15)
     args = ap.parse_args()
-    tmp = None
-    if args.archive:
-        archive = Path(args.archive)
-    else:
-        tmp = tempfile.TemporaryDirectory()
-        archive = Path(tmp.name) / "archive"
-        import_idc(Commons(Archive(archive)).catalog)
-    con = duckdb.connect()
-    index = Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH).parent / "idc_index.parquet"
-    con.execute(f"CREATE TABLE idc AS SELECT collection_id, PatientID, Modality, "
-                f"BodyPartExamined, StudyDate::VARCHAR AS StudyDate FROM read_parquet('{index}')")
-    with running_server(archive, args.port, "/nbia-api/services/getSpeciesTax") as base:
-        session = requests.Session()
-        url = base + SEARCH
-        print(f"simple search over the full catalogue, {args.runs} runs each, HTTP vs raw "
-              f"DuckDB patient count:")
-        p50s = []
-        for label, form, condition in CRITERIA_SETS:
-            def ours():
-                r = session.post(url, data={"size": "10", **form})
-                r.raise_for_status()
-                return r.json()
+    with idc_archive(args.archive) as archive:
+        con = duckdb.connect()
+        index = Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH).parent / "idc_index.parquet"
+        con.execute(f"CREATE TABLE idc AS SELECT collection_id, PatientID, Modality, "
+                    f"BodyPartExamined, StudyDate::VARCHAR AS StudyDate FROM read_parquet('{index}')")
+        with running_server(archive, args.port, "/nbia-api/services/getSpeciesTax") as base:
+            session = requests.Session()
+            url = base + SEARCH
+            print(f"simple search over the full catalogue, {args.runs} runs each, HTTP vs raw "
+                  f"DuckDB patient count:")
+            p50s = []
+            for label, form, condition in CRITERIA_SETS:
+                def ours():
+                    r = session.post(url, data={"size": "10", **form})
+                    r.raise_for_status()
+                    return r.json()
 
-            total = ours()["totalPatients"]
-            ours_s = latencies(ours, args.runs)
-            raw_s = latencies(lambda: con.execute(
-                f"SELECT count(DISTINCT (collection_id, PatientID)) FROM idc WHERE {condition}"
-            ).fetchone(), args.runs)
-            p50, p90 = statistics.median(ours_s), ours_s[int(len(ours_s) * 0.9) - 1]
-            p50s.append(p50)
-            print(f"  {label:40s} {total:>6} patients  p50 {p50 * 1000:6.1f} ms  "
-                  f"p90 {p90 * 1000:6.1f} ms  raw count p50 "
-                  f"{statistics.median(raw_s) * 1000:6.1f} ms  "
-                  f"ratio {p50 / statistics.median(raw_s):5.1f}")
-        print(f"  worst p50 {max(p50s) * 1000:.1f} ms (goal < 300 ms)")
-    if tmp:
-        tmp.cleanup()
+                total = ours()["totalPatients"]
+                ours_s = latencies(ours, args.runs)
+                raw_s = latencies(lambda: con.execute(
+                    f"SELECT count(DISTINCT (collection_id, PatientID)) FROM idc WHERE {condition}"
+                ).fetchone(), args.runs)
+                p50, p90 = statistics.median(ours_s), ours_s[int(len(ours_s) * 0.9) - 1]
+                p50s.append(p50)
+                print(f"  {label:40s} {total:>6} patients  p50 {p50 * 1000:6.1f} ms  "
+                      f"p90 {p90 * 1000:6.1f} ms  raw count p50 "
+                      f"{statistics.median(raw_s) * 1000:6.1f} ms  "
+                      f"ratio {p50 / statistics.median(raw_s):5.1f}")
+            print(f"  worst p50 {max(p50s) * 1000:.1f} ms (goal < 300 ms)")
     print("\nreproduce: .venv/bin/python bench/bench_nbia_search.py")
     return 0
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -37,3 +38,22 @@ def running_server(archive: Path, port: int, ready_path: str) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@contextmanager
+def idc_archive(path: str | None) -> Iterator[Path]:
+    """The archive at `path`, or a temporary one the full IDC catalogue is imported into."""
+    if path:
+        yield Path(path)
+        return
+    sys.path.insert(0, str(ROOT / "src"))
+    from imaging_commons.config import Archive
+    from imaging_commons.core.commons import Commons
+    from imaging_commons.core.idc_import import import_idc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "archive"
+        start = time.perf_counter()
+        import_idc(Commons(Archive(archive)).catalog)
+        print(f"import-idc into a temporary archive: {time.perf_counter() - start:.1f} s")
+        yield archive
