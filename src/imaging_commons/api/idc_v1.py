@@ -244,6 +244,22 @@ def paged(request: Request, user: User | None, state: dict, page_size: int,
     return ok(shape(page, next_token(request, page, user)))
 
 
+def continuation(request: Request, user: User | None, params: dict,
+                 next_of: Callable[[Request, User | None, str, int], JSONResponse]) -> JSONResponse:
+    """A request carrying a next_page token: every other parameter but page_size is ignored."""
+    return next_of(request, user, params["next_page"],
+                   parse_page_size(request, params.get("page_size")))
+
+
+def next_page_request(request: Request, user: User | None,
+                      next_of: Callable[[Request, User | None, str, int], JSONResponse]):
+    """The nextPage endpoints: next_page required, page_size optional, nothing else."""
+    params = strict_params(request, {"next_page", "page_size"}, "Invalid query parameter")
+    if not params.get("next_page"):
+        raise ApiError(400, "The next_page parameter is required")
+    return continuation(request, user, params, next_of)
+
+
 def with_sql(cohort: dict, want_sql: bool, page: Page) -> dict:
     return {**cohort, "sql": page.sql if want_sql else ""}
 
@@ -478,9 +494,8 @@ def manifest_next(request: Request, user: User | None, token: str, page_size: in
        summary="Paged manifest of a saved cohort")
 def cohort_manifest(request: Request, cohort_id: int, user: User = Depends(required_user)):
     params = strict_params(request, MANIFEST_PARAMS, "Invalid key")
-    if params.get("next_page"):  # every other parameter is ignored, the path's cohort id too
-        return manifest_next(request, user, params["next_page"],
-                             parse_page_size(request, params.get("page_size")))
+    if params.get("next_page"):  # the path's cohort id is ignored too
+        return continuation(request, user, params, manifest_next)
     cohort = saved_cohort(request, user, cohort_id)
     definition = {"version": cohort.version, "filters": cohort.filters}
     return manifest_response(request, user, params, definition, {
@@ -493,8 +508,7 @@ def cohort_manifest(request: Request, cohort_id: int, user: User = Depends(requi
 async def preview_manifest(request: Request, user: User | None = Depends(optional_user)):
     params = strict_params(request, MANIFEST_PARAMS, "Invalid key")
     if params.get("next_page"):
-        return manifest_next(request, user, params["next_page"],
-                             parse_page_size(request, params.get("page_size")))
+        return continuation(request, user, params, manifest_next)
     definition = cohort_definition(request, await json_body(request))
     return manifest_response(request, user, params, definition, {
         "name": definition["name"], "description": definition["description"],
@@ -504,11 +518,7 @@ async def preview_manifest(request: Request, user: User | None = Depends(optiona
 
 @route("GET", "/cohorts/manifest/nextPage", summary="Next page of a manifest")
 def manifest_next_page(request: Request, user: User | None = Depends(optional_user)):
-    params = strict_params(request, {"next_page", "page_size"}, "Invalid query parameter")
-    if not params.get("next_page"):
-        raise ApiError(400, "The next_page parameter is required")
-    return manifest_next(request, user, params["next_page"],
-                         parse_page_size(request, params.get("page_size")))
+    return next_page_request(request, user, manifest_next)
 
 
 # ----- queries ---------------------------------------------------------------------------
@@ -545,8 +555,7 @@ def query_next(request: Request, user: User | None, token: str, page_size: int):
 async def _cohort_query(request: Request, cohort_id: int, user: User):
     params = strict_params(request, QUERY_PARAMS, "Invalid key")
     if params.get("next_page"):
-        return query_next(request, user, params["next_page"],
-                          parse_page_size(request, params.get("page_size")))
+        return continuation(request, user, params, query_next)
     cohort = saved_cohort(request, user, cohort_id)
     body = await json_body(request, required=False)
     fields = query_fields(body, request.query_params.getlist("fields"))
@@ -575,8 +584,7 @@ async def cohort_query_post(request: Request, cohort_id: int,
 async def preview_query(request: Request, user: User | None = Depends(optional_user)):
     params = strict_params(request, QUERY_PARAMS, "Invalid key")
     if params.get("next_page"):
-        return query_next(request, user, params["next_page"],
-                          parse_page_size(request, params.get("page_size")))
+        return continuation(request, user, params, query_next)
     body = await json_body(request)
     if set(body) - {"cohort_def", "queryFields", "fields"}:
         raise ApiError(400, f"Invalid key {sorted(set(body) - {'cohort_def', 'queryFields', 'fields'})[0]}")
@@ -590,11 +598,7 @@ async def preview_query(request: Request, user: User | None = Depends(optional_u
 
 @route("GET", "/cohorts/query/nextPage", summary="Next page of a query")
 def query_next_page(request: Request, user: User | None = Depends(optional_user)):
-    params = strict_params(request, {"next_page", "page_size"}, "Invalid query parameter")
-    if not params.get("next_page"):
-        raise ApiError(400, "The next_page parameter is required")
-    return query_next(request, user, params["next_page"],
-                      parse_page_size(request, params.get("page_size")))
+    return next_page_request(request, user, query_next)
 
 
 # ----- dicomMetadata ---------------------------------------------------------------------
@@ -608,26 +612,24 @@ def dicom_metadata_page(request: Request, user: User, state: dict, page_size: in
     return paged(request, user, state, page_size, shape)
 
 
+def dicom_metadata_next(request: Request, user: User, token: str, page_size: int):
+    return dicom_metadata_page(request, user, open_token(request, token, user, "dicomMetadata"),
+                               page_size, True)
+
+
 @route("GET", "/dicomMetadata", "/cohorts/dicomMetadata",
        summary="Fixed instance-level metadata of every instance (paged)")
 def dicom_metadata(request: Request, user: User = Depends(required_user)):
     params = strict_params(request, {"page_size", "next_page", "idc_data_version"}, "Invalid key")
-    page_size = parse_page_size(request, params.get("page_size"))
     if params.get("next_page"):
-        state = open_token(request, params["next_page"], user, "dicomMetadata")
-        return dicom_metadata_page(request, user, state, page_size, True)
+        return continuation(request, user, params, dicom_metadata_next)
     state = {"kind": "dicomMetadata", "filters": {}, "fields": [], "offset": 0,
              "version": version_number(request, params.get("idc_data_version"))}
-    return dicom_metadata_page(request, user, state, page_size, False)
+    return dicom_metadata_page(request, user, state,
+                               parse_page_size(request, params.get("page_size")), False)
 
 
 @route("GET", "/dicomMetadata/nextPage", "/dicomMetadata/nextpage",
        "/cohorts/dicomMetadata/nextPage", summary="Next page of dicomMetadata")
-def dicom_metadata_next(request: Request, user: User = Depends(required_user)):
-    params = strict_params(request, {"next_page", "page_size"}, "Invalid query parameter")
-    if not params.get("next_page"):
-        raise ApiError(400, "The next_page parameter is required")
-    state = open_token(request, params["next_page"], user, "dicomMetadata")
-    return dicom_metadata_page(request, user, state,
-                               parse_page_size(request, params.get("page_size")), True)
-
+def dicom_metadata_next_page(request: Request, user: User = Depends(required_user)):
+    return next_page_request(request, user, dicom_metadata_next)
