@@ -15,8 +15,7 @@ import uvicorn
 
 from imaging_commons.config import Archive
 from imaging_commons.core.commons import Commons
-from imaging_commons.core.demo import DEMO_COLLECTION, pydicom_sample_dir
-from imaging_commons.core.idc_import import import_idc
+from imaging_commons.core.demo import DEMO_COLLECTION, build_demo, pydicom_sample_dir
 from imaging_commons.core.ingest import ingest, publish
 
 SAMPLES = pydicom_sample_dir()
@@ -89,10 +88,7 @@ def postgres_schema_url():
 def demo_archive_dir(tmp_path_factory) -> Path:
     """IDC v1..v25 from idc-index-data, then pydicom's samples published as version 26."""
     root = tmp_path_factory.mktemp("demo-archive")
-    commons = Commons(Archive(root))
-    import_idc(commons.catalog)
-    ingest(commons.catalog, [SAMPLES], DEMO_COLLECTION)
-    publish(commons.catalog)
+    build_demo(Commons(Archive(root)), echo=lambda *_: None)  # what `make serve` builds
     return root
 
 

@@ -193,3 +193,44 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("IMAGING_COMMONS_MAX_PAGE_SIZE", "lots")
     result = CliRunner().invoke(main, ["--archive", str(tmp_path), "versions"])
     assert result.exit_code == 2 and "IMAGING_COMMONS_MAX_PAGE_SIZE" in result.output
+
+
+def test_demo_on_a_built_archive_only_says_so(demo_archive_dir):
+    result = CliRunner().invoke(main, ["--archive", str(demo_archive_dir), "demo"])
+    assert result.exit_code == 0 and "already built" in result.output
+    assert "active version 26" in result.output
+
+
+def test_serve_answers_both_apis_on_loopback(demo_archive_dir):
+    """`imaging-commons serve` as `make serve` ends up running it: a real process."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from conftest import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "imaging_commons.cli", "--archive", str(demo_archive_dir),
+         "serve", "--port", str(port)], env={**os.environ}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                about = requests.get(f"{base}/v1/about", timeout=5)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        assert about.json()["code"] == 200
+        assert requests.get(f"{base}/v1/swagger").status_code == 200
+        collections = requests.get(f"{base}/nbia-api/services/v1/getCollectionValues").json()
+        assert {"Collection": "pydicom_samples"} in collections
+    finally:
+        server.terminate()
+        code = server.wait(timeout=60)
+    # uvicorn shuts down cleanly on SIGTERM, then re-raises the signal as its exit status
+    assert code in (0, -15) and b"Application shutdown complete" in server.stderr.read()

@@ -55,7 +55,7 @@ def truth(demo_archive_dir):
     con.execute(f"""
         CREATE VIEW names AS SELECT collection_id, collection_name, species
         FROM read_parquet('{IDC / "collections_index.parquet"}')
-        UNION ALL SELECT '{DEMO_COLLECTION}', '{DEMO_COLLECTION}', NULL""")
+        UNION ALL SELECT '{DEMO_COLLECTION}', '{DEMO_COLLECTION}', 'Human'""")  # as build_demo says
     con.execute(f"""
         CREATE VIEW truth AS
         SELECT collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID, Modality,
