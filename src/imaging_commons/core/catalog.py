@@ -108,12 +108,19 @@ def _q(name: str) -> str:
 
 
 def write_json_atomic(path: Path, data) -> None:
+    """Replace a JSON file all at once: a reader (or a crash) sees the old file or the new one.
+    The folder is synced too, so the rename itself survives a power cut."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def copy_to_parquet(con: duckdb.DuckDBPyConnection, select_sql: str, path: Path,
@@ -142,6 +149,7 @@ class Catalog:
         self._loaded: dict[str, str] = {}  # file name -> in-memory table name
         self._published_mtime: float | None = None
         self._published: dict = {}
+        self._manifests: dict[int, dict] = {}  # published versions never change
 
     # ----- published versions -------------------------------------------------------------
     @property
@@ -173,7 +181,10 @@ class Catalog:
         state = self._state()
         if number not in state["versions"]:
             raise CatalogError(f"Unknown data version {number}")
-        manifest = json.loads((self.versions_dir / f"{number}.json").read_text())
+        manifest = self._manifests.get(number)
+        if manifest is None:
+            manifest = json.loads((self.versions_dir / f"{number}.json").read_text())
+            self._manifests[number] = manifest
         return Version(number, manifest["date_active"], number == state["active"], manifest)
 
     def parse_version(self, label: str | int | None) -> int:
