@@ -14,15 +14,17 @@ from typing import Iterator
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
+WARMED_PATH = "/nbia-api/services/getSimpleSearchWithModalityAndBodyPartPaged?size=1"
 
 
 @contextmanager
-def running_server(archive: Path, port: int, ready_path: str) -> Iterator[str]:
-    """Run `imaging-commons serve` over `archive`; yields its base URL once `ready_path`
-    answers, and stops it on the way out."""
+def running_server(archive: Path, port: int, ready_path: str,
+                   env: dict | None = None) -> Iterator[str]:
+    """Run `imaging-commons serve` over `archive` (with extra environment `env`); yields its
+    base URL once `ready_path` answers, and stops it on the way out."""
     proc = subprocess.Popen([sys.executable, "-m", "imaging_commons.cli", "--archive", str(archive),
                              "serve", "--port", str(port)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -34,6 +36,9 @@ def running_server(archive: Path, port: int, ready_path: str) -> Iterator[str]:
                 time.sleep(0.1)
         else:
             raise SystemExit("server did not start")
+        # the server builds its search index in the background at start; a search waits for
+        # it, so measurements start once the server is as it will be for its whole life
+        requests.get(base + WARMED_PATH, timeout=600)
         yield base
     finally:
         proc.terminate()
