@@ -83,6 +83,10 @@ def test_collections_per_version(server):
         UNION SELECT DISTINCT collection_id FROM '{IDC_DIR / 'prior_versions_index.parquet'}'
         WHERE min_idc_version <= 20 AND max_idc_version >= 20""").fetchall()}
     assert ids == expected
+    current = {c["collection_id"] for c in
+               requests.get(f"{server.url}/v1/collections").json()["collections"]}
+    for c in r.json()["collections"]:  # active: still part of the active data version
+        assert c["active"] is (c["collection_id"] in current)
     lung = next(c for c in r.json()["collections"] if c["collection_id"] == "4d_lung")
     assert lung["doi"].lower() == "10.7937/k9/tcia.2016.eln8ygle" and lung["subject_count"] == 20
     assert "20.0" in lung["idc_data_versions"] and "21.0" not in lung["idc_data_versions"]

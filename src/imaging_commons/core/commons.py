@@ -92,15 +92,17 @@ class Commons:
 
     # ----- descriptive endpoints ----------------------------------------------------------
     def collections(self, version: int, user: User | None) -> list[dict]:
+        """Collections of a version the caller may see; `active` = in the active version too."""
         hidden = self.hidden_collections(user, version)
         con = self.catalog.connection()
         items = self.catalog.relation(version, "items")
         rel = self.catalog.relation(version, "collections")
+        current = self.catalog.relation(self.catalog.active_version(), "collections")
         cur = con.execute(f"""
             SELECT c.* REPLACE (
                        coalesce(c.subject_count, s.subjects) AS subject_count,
                        list_filter(c.idc_data_versions, v -> v <= {version}) AS idc_data_versions),
-                   {version} = (SELECT max(v) FROM (SELECT unnest(c.idc_data_versions) v)) AS active
+                   c.collection_id IN (SELECT collection_id FROM {current}) AS active
             FROM {rel} c LEFT JOIN (
                 SELECT collection_id, count(DISTINCT PatientID) AS subjects FROM {items}
                 WHERE collection_id IN (SELECT collection_id FROM {rel} WHERE subject_count IS NULL)
