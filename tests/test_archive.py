@@ -571,3 +571,22 @@ def test_a_publish_stopped_after_the_flip_is_not_published_twice(tmp_path, monke
     assert [v.version for v in commons.catalog.versions()] == [1]
     with pytest.raises(CatalogError):
         publish(commons.catalog)  # the stage is gone now
+
+
+def test_rows_staged_by_a_crashed_ingest_never_publish_without_their_collection(tmp_path,
+                                                                               monkeypatch):
+    """A crash after the staged rows are written but before the stage file records them (and
+    their collection's restricted flag) must not let those rows out with a later publish."""
+    commons = Commons(Archive(tmp_path / "a"))
+    catalog = commons.catalog
+
+    def crash(stage):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(catalog, "write_stage", crash)
+    with pytest.raises(RuntimeError):
+        ingest(catalog, [pydicom_sample_dir() / "MR_small.dcm"], "secret", restricted=True)
+    monkeypatch.undo()
+    ingest(catalog, [pydicom_sample_dir() / "CT_small.dcm"], "open")
+    publish(catalog)
+    assert query(commons, f"SELECT DISTINCT collection_id FROM {items(commons, 1)}") == [("open",)]

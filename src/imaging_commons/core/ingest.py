@@ -101,9 +101,8 @@ def _store_blob(src: Path, blob_dir: Path, series_uuid: str,
 
 def _staged_base_sql(catalog: Catalog) -> str:
     """The local instance rows the stage builds on: the stage itself, else the active version's."""
-    staged = catalog.staging_dir / STAGED_ITEMS
-    if staged.exists():
-        return f"SELECT * FROM read_parquet('{staged}')"
+    if catalog.stage().get("items"):  # the stage file, not the Parquet's presence, says so
+        return f"SELECT * FROM read_parquet('{catalog.staging_dir / STAGED_ITEMS}')"
     state = catalog._state()
     if state["active"] is None:
         return empty_items_sql()
@@ -199,12 +198,18 @@ def ingest(catalog: Catalog, paths: Iterable[str | os.PathLike], collection: str
     if bar is not None:
         bar.close()
     _merge_into_stage(catalog, rows, report)
-    _stage_collection(catalog, collection_id, collection, restricted, meta)
+    # one write stages the rows together with their collection's entry (restricted flag
+    # included): a crash can never leave rows staged without it
+    stage = catalog.stage()
+    stage["items"] = STAGED_ITEMS
+    _stage_collection(catalog, stage, collection_id, collection, restricted, meta)
+    catalog.write_stage(stage)
     return report
 
 
 def _merge_into_stage(catalog: Catalog, rows: list[dict], report: IngestReport) -> None:
-    """Stage = base rows, replaced by the new rows with the same SOPInstanceUID."""
+    """Write the staged rows: base rows, replaced by the new rows with the same
+    SOPInstanceUID. The caller records them in the stage file."""
     con = catalog.connection()
     names = list(SQL_TYPES)
     table = pa.table({n: [r.get(n) for r in rows] for n in names
@@ -243,14 +248,10 @@ def _merge_into_stage(catalog: Catalog, rows: list[dict], report: IngestReport) 
         con.execute("DROP TABLE IF EXISTS base_rows")
         con.execute("DROP TABLE IF EXISTS new_shaped")
         con.execute("DROP TABLE IF EXISTS changed")
-    stage = catalog.stage()
-    stage["items"] = STAGED_ITEMS
-    catalog.write_stage(stage)
 
 
-def _stage_collection(catalog: Catalog, collection_id: str, name: str, restricted: bool,
-                      meta: dict) -> None:
-    stage = catalog.stage()
+def _stage_collection(catalog: Catalog, stage: dict, collection_id: str, name: str,
+                      restricted: bool, meta: dict) -> None:
     collections = stage.setdefault("collections", {})
     entry = collections.get(collection_id, {})
     entry.update({k: v for k, v in meta.items() if k in COLLECTION_COLUMNS and v is not None})
@@ -260,7 +261,6 @@ def _stage_collection(catalog: Catalog, collection_id: str, name: str, restricte
     was_restricted = active is not None and collection_id in catalog.restricted_collections(active)
     entry["restricted"] = bool(restricted or was_restricted or entry.get("restricted"))
     collections[collection_id] = entry
-    catalog.write_stage(stage)
 
 
 def stage_clinical(catalog: Catalog, file: str | os.PathLike, collection: str, source: str,
