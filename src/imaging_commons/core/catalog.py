@@ -150,6 +150,7 @@ class Catalog:
         self._published_mtime: float | None = None
         self._published: dict = {}
         self._manifests: dict[int, dict] = {}  # published versions never change
+        self._restricted: dict[int, frozenset[str]] = {}
 
     # ----- published versions -------------------------------------------------------------
     @property
@@ -278,11 +279,14 @@ class Catalog:
         return out
 
     def restricted_collections(self, number: int) -> frozenset[str]:
-        con = self.connection()
-        rows = con.execute(
-            f"SELECT collection_id FROM {self.relation(number, 'collections')} WHERE restricted"
-        ).fetchall()
-        return frozenset(r[0] for r in rows)
+        """Asked on every request (visibility), and fixed for a published version: read once."""
+        restricted = self._restricted.get(number)
+        if restricted is None:
+            rows = self.connection().execute(
+                f"SELECT collection_id FROM {self.relation(number, 'collections')} "
+                "WHERE restricted").fetchall()
+            restricted = self._restricted[number] = frozenset(r[0] for r in rows)
+        return restricted
 
     # ----- staging ------------------------------------------------------------------------
     @property
