@@ -386,9 +386,9 @@ def test_restricted_flag_is_recorded_and_hides_the_collection(small_archive, ext
     state = {"kind": "query", "version": version, "filters": {}, "fields": ["collection_id"],
              "offset": 0}
     admin = commons.accounts.add_user("curator", "pw-secret-1", is_admin=True)
-    assert {r["collection_id"] for r in commons.page(state, None, 100, None).rows} == \
+    assert {r["collection_id"] for r in commons.page(state, None, 100, None).rows.to_pylist()} == \
         {"pydicom_samples"}
-    assert {r["collection_id"] for r in commons.page(state, admin, 100, None).rows} == \
+    assert {r["collection_id"] for r in commons.page(state, admin, 100, None).rows.to_pylist()} == \
         {"pydicom_samples", "private_trial"}
     # more files without --restricted: the collection stays restricted
     ingest(commons.catalog, [extras["dir"] / "sr.dcm"], "Private Trial")
@@ -418,7 +418,7 @@ def test_clinical_columns_become_typed_filterable_attributes(small_archive, tmp_
     def patients_where(filters: dict) -> set[str]:
         state = {"kind": "query", "version": version, "filters": filters,
                  "fields": ["PatientID"], "offset": 0}
-        return {r["PatientID"] for r in commons.page(state, None, 100, None).rows}
+        return {r["PatientID"] for r in commons.page(state, None, 100, None).rows.to_pylist()}
 
     assert patients_where({"age_at_diagnosis_gte": [60]}) == {p for p in patients if ages[p] >= 60}
     assert patients_where({"smoker": ["yes"]}) == {p for p in patients if smokers[p] == "yes"}

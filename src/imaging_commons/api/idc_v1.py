@@ -7,11 +7,10 @@ paths are served with and without a trailing slash, and at the notebook's altern
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 from typing import Any, Callable
 
 import orjson
-
+import pyarrow as pa
 from fastapi import APIRouter, Depends, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
@@ -26,6 +25,7 @@ from ..core.results import Pending
 from ..core.schema import BY_NAME
 from .auth import optional_user, required_user
 from .errors import ApiError
+from .wire_json import json_default, json_rows
 
 router = APIRouter(prefix="/v1", tags=["IDC API v1"])
 
@@ -57,7 +57,7 @@ class FastJSONResponse(JSONResponse):
     """orjson renders large manifest pages several times faster than the standard library."""
 
     def render(self, content) -> bytes:
-        return orjson.dumps(content, default=_json_default)
+        return orjson.dumps(content, default=json_default)
 
 
 def ok(body: dict, status: int = 200) -> JSONResponse:
@@ -169,23 +169,10 @@ def normalised_filters(filters: dict) -> dict:
 
 
 # ----- wire shaping ----------------------------------------------------------------------
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return float(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def wire_rows(rows: list[dict]) -> list[dict]:
-    """Rows in wire form. orjson already writes dates as ISO text and NaN as null; what is left
-    is the numeric columns the real server returns as strings (pages are big: touch only those)."""
-    if not rows:
-        return rows
-    as_text = [k for k in rows[0] if BY_NAME.get(k) is not None and BY_NAME[k].wire_string]
-    for row in rows:
-        for k in as_text:
-            if row[k] is not None:
-                row[k] = str(row[k])
-    return rows
+def wire_rows(rows: pa.Table) -> orjson.Fragment:
+    """Rows in wire form: the numeric columns the real server returns as strings are quoted."""
+    return json_rows(rows, (name for name in rows.column_names
+                            if BY_NAME.get(name) is not None and BY_NAME[name].wire_string))
 
 
 def caller_key(user: User | None) -> str | None:
@@ -222,7 +209,7 @@ def open_token(request: Request, token: str, user: User | None, kind: str) -> di
 
 
 def page_body(page: Page, token: str | None, section: str, rows_key: str) -> dict:
-    return {section: {rows_key: wire_rows(page.rows), "rowsReturned": len(page.rows),
+    return {section: {rows_key: wire_rows(page.rows), "rowsReturned": page.rows.num_rows,
                       "totalFound": page.total},
             "next_page": token}
 

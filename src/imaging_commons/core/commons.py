@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass
 from functools import cached_property
 
+import pyarrow as pa
 from sqlglot import exp
 
 from ..config import Archive
@@ -44,7 +45,7 @@ UID_FIELDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Patien
 
 @dataclass(frozen=True)
 class Page:
-    rows: list[dict]
+    rows: pa.Table
     total: int
     next_state: dict | None
     sql: str
