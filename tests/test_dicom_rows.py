@@ -14,6 +14,7 @@ from highdicom.sr import CodedConcept
 from pydicom.datadict import tag_for_keyword
 from pydicom.sr.codedict import codes
 
+from imaging_commons.core import dicom_rows
 from imaging_commons.core.dicom_rows import (
     ARCHIVE_COLUMNS,
     DICOM_COLUMNS,
@@ -73,6 +74,54 @@ def test_every_bundled_file_gives_a_typed_row_or_not_dicom(path):
         assert str(exc) and "\n" not in str(exc)
         return
     assert_schema_types(instance_row(ds))
+
+
+def _row_or_reason(source) -> dict | str:
+    try:
+        return instance_row(read_header(source))
+    except NotDicom as exc:
+        return str(exc)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_plain_text_fast_path_reads_what_pydicom_reads(monkeypatch):
+    """Ingest decodes plain ASCII text itself; over every bundled file (all character sets,
+    both VR encodings, padded and multi-valued values) the rows must be exactly what
+    pydicom's own conversion gives, and reading from memory the same as from the path."""
+    decode = dicom_rows._plain_text
+    decoded = []  # values the fast path answered: it must carry most of the work
+
+    def counting(element):
+        value = decode(element)
+        decoded.append(value is not None)
+        return value
+
+    monkeypatch.setattr(dicom_rows, "_plain_text", counting)
+    fast = {path.name: _row_or_reason(path.read_bytes()) for path in ALL_FILES}
+    monkeypatch.setattr(dicom_rows, "_plain_text", lambda element: None)
+    slow = {path.name: _row_or_reason(path) for path in ALL_FILES}
+    assert fast == slow
+    assert sum(isinstance(row, dict) for row in fast.values()) > 100
+    assert sum(decoded) > 0.7 * len(decoded)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("integer, decimal", [
+    (b"0012", b"2.50"), (b" 12 ", b" 2.5"), (b"1.0 ", b"1e2 "), (b"+5  ", b"2,5 "),
+    (b"1.5 ", b"abcd"), (b"7A9X", b"1\\2 "), (b"1\\2 ", b"-0.0"), (b"    ", b"    "),
+])
+def test_odd_number_strings_read_as_pydicom_reads_them(tmp_path, ct, monkeypatch, integer,
+                                                       decimal):
+    ds = ct.copy()
+    ds.SeriesNumber, ds.InstanceNumber, ds.SliceThickness = "9001", "9002", "9003"
+    ds.save_as(tmp_path / "base.dcm")
+    data = (tmp_path / "base.dcm").read_bytes()
+    for old, new in [(b"9001", integer), (b"9002", integer), (b"9003", decimal)]:
+        assert data.count(old) == 1
+        data = data.replace(old, new)
+    fast = _row_or_reason(data)
+    monkeypatch.setattr(dicom_rows, "_plain_text", lambda element: None)
+    assert fast == _row_or_reason(data)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

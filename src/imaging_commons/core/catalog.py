@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..config import Archive
 from .schema import COLUMNS, SQL_TYPES
@@ -110,7 +112,7 @@ def _q(name: str) -> str:
 def write_json_atomic(path: Path, data) -> None:
     """Replace a JSON file all at once: a reader (or a crash) sees the old file or the new one.
     The folder is synced too, so the rename itself survives a power cut."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = _temporary_name(path)
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.flush()
@@ -126,8 +128,23 @@ def write_json_atomic(path: Path, data) -> None:
 def copy_to_parquet(con: duckdb.DuckDBPyConnection, select_sql: str, path: Path,
                     params: list | None = None) -> None:
     """Write a query result to a Parquet file atomically (temp name, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = _temporary_name(path)
     con.execute(f"COPY ({select_sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)", params or [])
+    _sync_and_rename(tmp, path)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write an Arrow table to a Parquet file atomically, as copy_to_parquet does."""
+    tmp = _temporary_name(path)
+    pq.write_table(table, tmp, compression="zstd")
+    _sync_and_rename(tmp, path)
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def _sync_and_rename(tmp: Path, path: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import io
 import math
 import os
 import re
@@ -18,6 +19,7 @@ from typing import BinaryIO
 
 import highdicom as hd
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -78,8 +80,10 @@ class NotDicom(Exception):
     """The file cannot give a catalogue row; ``str()`` is a one-line reason for the skip log."""
 
 
-def read_header(path: str | PathLike) -> pydicom.Dataset:
+def read_header(source: str | PathLike | bytes) -> pydicom.Dataset:
     """Read a file's header (no pixel data), refusing what cannot become a catalogue row.
+    ``source`` is the file's path, or its whole content already in memory (what ingest
+    passes: it reads each file once, for the header and the copy alike).
 
     Raises NotDicom for non-DICOM files, truncated or corrupt ones, and files lacking any of
     the Study/Series/SOP Instance UIDs. Errors opening the path itself (missing file,
@@ -91,7 +95,9 @@ def read_header(path: str | PathLike) -> pydicom.Dataset:
     SOP Class UID: a forced read parses almost any bytes, and those four elements are what
     tells a headerless dataset from text or binary that happens to parse.
     """
-    with open(path, "rb") as fp:
+    in_memory = isinstance(source, bytes)
+    with (io.BytesIO(source) if in_memory else open(source, "rb")) as fp:
+        size = len(source) if in_memory else os.fstat(fp.fileno()).st_size
         forced = False
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
@@ -99,7 +105,7 @@ def read_header(path: str | PathLike) -> pydicom.Dataset:
             ds, forced = _forced_read(fp), True
         except Exception as exc:
             raise NotDicom(_one_line(f"truncated or corrupt: {exc}")) from exc
-        problem = _truncation(ds, fp)  # before _get converts (and so alters) the last element
+        problem = _truncation(ds, fp, size)  # before _get converts (and so alters) the last element
     if forced and not all(_is_uid(_get(ds, kw)) for kw in (*_REQUIRED_UIDS, "SOPClassUID")):
         raise NotDicom(_NO_PREAMBLE)
     if problem:
@@ -127,7 +133,7 @@ def _is_uid(value: object) -> bool:
     return len(text) <= 64 and _UID.fullmatch(text) is not None
 
 
-def _truncation(ds: pydicom.Dataset, fp: BinaryIO) -> str | None:
+def _truncation(ds: pydicom.Dataset, fp: BinaryIO, size: int) -> str | None:
     """Why the parsed data does not end where the file does, if it does not.
 
     pydicom reads truncated files silently: a short last value, a dropped partial element
@@ -136,7 +142,6 @@ def _truncation(ds: pydicom.Dataset, fp: BinaryIO) -> str | None:
     compared with the file size (a cut exactly between two elements stays undetectable).
     """
     try:
-        size = os.fstat(fp.fileno()).st_size
         syntax = _get(ds.file_meta, "TransferSyntaxUID")
         if syntax is not None and syntax.is_deflated:
             return None  # positions refer to the inflated stream; zlib reports cuts itself
@@ -204,14 +209,75 @@ def _tag(keyword: str) -> BaseTag:
 def _get(ds, keyword: str) -> object:
     """The element's value, or None if absent or if pydicom cannot convert it. Looked up by
     tag: ingest reads ~40 keywords per file, most absent, and pydicom's keyword access
-    (attribute lookup, keyword table) costs more than the check itself."""
+    (attribute lookup, keyword table) costs more than the check itself. Plain ASCII text is
+    decoded here, as pydicom would decode it (see _plain_text)."""
     if ds is None:
         return None
     tag = _tag(keyword)
     try:
-        return ds[tag].value if tag in ds else None
+        element = ds.get_item(tag)
+        if element is None:
+            return None
+        if isinstance(element, RawDataElement):
+            text = _plain_text(element)
+            if text is not None:
+                return text
+        return ds[tag].value
     except Exception:
         return None
+
+
+# How pydicom trims the text VRs: string VRs lose trailing padding then split at backslashes;
+# text VRs split, then each value loses its padding; single-valued VRs never split. Decimal
+# and integer strings split like string VRs; an integer string becomes an int, as pydicom's IS
+# does (so "0501" reads as 501), and anything else stays text for _convert to judge.
+_STRING_VRS = frozenset({"AS", "CS", "DA", "DT", "TM", "UI", "DS", "IS"})
+_TEXT_VRS = frozenset({"LO", "SH", "UC"})
+_SINGLE_VRS = frozenset({"LT", "ST", "UT", "UR"})
+_PADDING = "\0 "
+
+
+@functools.cache
+def _dictionary_vr(tag: BaseTag) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
+
+def _plain_text(element: RawDataElement) -> str | int | list | None:
+    """A raw text element's value as pydicom would convert it, or None when only pydicom can
+    say (other VRs, or bytes that are not plain ASCII: another character set may apply, and
+    ISO 2022 escapes are ASCII bytes that switch sets). Converting a raw element through
+    pydicom (hooks, validation, MultiValue) costs more than reading the file did; most
+    values are short ASCII strings, read here in a few string operations."""
+    vr = element.VR or _dictionary_vr(element.tag)
+    value = element.value
+    if vr not in _PLAIN_VRS or not isinstance(value, bytes):
+        return None
+    if not value:
+        return ""
+    if not value.isascii() or b"\x1b" in value:
+        return None
+    text = value.decode("ascii")
+    if vr in _SINGLE_VRS:
+        return text.rstrip(_PADDING)
+    parts = (text.rstrip(_PADDING).split("\\") if vr in _STRING_VRS
+             else [part.rstrip(_PADDING) for part in text.split("\\")])
+    if vr == "IS":
+        parts = [_integer(part) for part in parts]
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _integer(text: str) -> int | str:
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() else text
+
+
+_PLAIN_VRS = _STRING_VRS | _TEXT_VRS | _SINGLE_VRS
 
 
 def _convert(value: object, sql_type: str) -> object:

@@ -8,7 +8,9 @@ Rows go to the staging area; `publish` turns the stage into a new immutable vers
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import hashlib
+import itertools
 import multiprocessing
 import os
 import re
@@ -17,12 +19,15 @@ import uuid
 import warnings
 import zlib
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .catalog import (
     COLLECTION_COLUMNS,
@@ -31,8 +36,8 @@ from .catalog import (
     _q,
     copy_to_parquet,
     empty_items_sql,
-    items_select,
     normalise_collection_id,
+    write_parquet_atomic,
 )
 from .dicom_rows import NotDicom, instance_row, read_header, warm_up
 from .schema import SQL_TYPES
@@ -74,56 +79,81 @@ def iter_files(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
             raise FileNotFoundError(f"No such file or folder: {p}")
 
 
-def _store_blob(src: Path, blob_dir: Path, series_uuid: str,
+_made_dirs: set[str] = set()  # series folders this process has made (or found) already
+_part_numbers = itertools.count()
+
+
+def _store_blob(chunks: Iterable[bytes], blob_dir: Path, series_uuid: str,
                 sop_uid: str) -> tuple[str, str, int, int]:
-    """Copy a file into the blob store while hashing it; return (instance uuid, md5, size,
-    CRC-32). The final name depends on the hash, so the copy lands under a temporary name first."""
-    dest_dir = blob_dir / series_uuid
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp = dest_dir / f".{uuid.uuid4().hex}.part"
+    """Write a file's bytes (`chunks`) into the blob store while hashing them; return
+    (instance uuid, md5, size, CRC-32). The final name depends on the hash, so the copy lands
+    under a temporary name first and is renamed: a crash never leaves a partial blob. A blob
+    already there has the same name only if it has the same bytes, so renaming over it is safe.
+    (Plain os calls: at thousands of files a second, pathlib's overhead shows.)"""
+    dest_dir = os.path.join(blob_dir, series_uuid)
+    if dest_dir not in _made_dirs:
+        os.makedirs(dest_dir, exist_ok=True)
+        if len(_made_dirs) >= 100_000:  # bounded: an ingest of millions of series
+            _made_dirs.clear()
+        _made_dirs.add(dest_dir)
+    tmp = os.path.join(dest_dir, f".{os.getpid()}-{next(_part_numbers)}.part")
     md5 = hashlib.md5()
     crc = size = 0
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
-        while chunk := fin.read(1 << 20):
+    try:
+        fout = open(tmp, "wb")
+    except FileNotFoundError:  # the folder was removed since this process made it
+        os.makedirs(dest_dir, exist_ok=True)
+        fout = open(tmp, "wb")
+    with fout:
+        for chunk in chunks:
             md5.update(chunk)
             crc = zlib.crc32(chunk, crc)
             fout.write(chunk)
             size += len(chunk)
     digest = md5.hexdigest()
     instance_uuid = crdc_uuid("instance", sop_uid, digest)
-    final = dest_dir / f"{instance_uuid}.dcm"
-    if final.exists():
-        tmp.unlink()
-    else:
-        os.replace(tmp, final)
+    os.replace(tmp, os.path.join(dest_dir, f"{instance_uuid}.dcm"))
     return instance_uuid, digest, size, crc
 
 
-def _staged_base_sql(catalog: Catalog) -> str:
-    """The local instance rows the stage builds on: the stage itself, else the active version's."""
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as fin:
+        while chunk := fin.read(1 << 20):
+            yield chunk
+
+
+def _staged_base(catalog: Catalog) -> Path | None:
+    """The Parquet of local instance rows the stage builds on: the stage's own, else the
+    active version's; None when there are none yet."""
     if catalog.stage().get("items"):  # the stage file, not the Parquet's presence, says so
-        return f"SELECT * FROM read_parquet('{catalog.staging_dir / STAGED_ITEMS}')"
+        return catalog.staging_dir / STAGED_ITEMS
     state = catalog._state()
     if state["active"] is None:
-        return empty_items_sql()
+        return None
     local = catalog.version(state["active"]).manifest.get("local_items")
-    if not local:
-        return empty_items_sql()
-    return f"SELECT * FROM read_parquet('{catalog.segments_dir / local}')"
+    return catalog.segments_dir / local if local else None
+
+
+# Files up to this size are read into memory once, for the header and the copy alike; larger
+# ones (whole-slide images, long multi-frame series) are parsed from disk and copied in chunks.
+IN_MEMORY_LIMIT = 64 << 20
 
 
 def _read_and_store(path: Path, blob_dir: Path, blob_url: str) -> dict | str:
     """The per-file work of ingest: header, row, stored copy. Returns the row, or the reason
     the file is not ingestible. Runs in worker processes for large ingests."""
+    with open(path, "rb") as fin:
+        whole = fin.read() if os.fstat(fin.fileno()).st_size <= IN_MEMORY_LIMIT else None
     try:
         with warnings.catch_warnings():  # pydicom's complaints about odd files are noise here
             warnings.simplefilter("ignore")
-            row = instance_row(read_header(path))
+            row = instance_row(read_header(path if whole is None else whole))
     except NotDicom as e:
         return str(e)
     series_uuid = crdc_uuid("series", row["SeriesInstanceUID"])
-    instance_uuid, md5, size, crc = _store_blob(path, blob_dir, series_uuid,
-                                                row["SOPInstanceUID"])
+    instance_uuid, md5, size, crc = _store_blob(
+        _file_chunks(path) if whole is None else (whole,), blob_dir, series_uuid,
+        row["SOPInstanceUID"])
     row.update(
         crdc_study_uuid=crdc_uuid("study", row["StudyInstanceUID"]),
         crdc_series_uuid=series_uuid,
@@ -138,6 +168,24 @@ def _read_and_store(path: Path, blob_dir: Path, blob_url: str) -> dict | str:
         level="instance",
     )
     return row
+
+
+@contextmanager
+def _rare_collections() -> Iterator[None]:
+    """Collect garbage rarely while files are read. Each header makes thousands of short-lived
+    objects, so the default thresholds run a collection every few files, each walking the
+    whole heap of a process that has DuckDB, Arrow and highdicom loaded; a third of the
+    per-file time went there. The heap as it is now is frozen (forked workers inherit it
+    without ever walking it, and touch fewer of its pages), and collections stay possible,
+    only rarer: any reference cycles are still reclaimed."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
 
 
 # Below this many files a worker pool costs more than it saves.
@@ -187,14 +235,15 @@ def ingest(catalog: Catalog, paths: Iterable[str | os.PathLike], collection: str
         from tqdm import tqdm
 
         bar = tqdm(total=len(files), unit="file", desc="ingest")
-    for path, result in zip(files, _per_file_results(files, catalog, workers)):
-        if isinstance(result, str):
-            report.skipped.append((str(path), result))
-        else:
-            result.update(collection_values)
-            rows.append(result)
-        if bar is not None:
-            bar.update(1)
+    with _rare_collections():
+        for path, result in zip(files, _per_file_results(files, catalog, workers)):
+            if isinstance(result, str):
+                report.skipped.append((str(path), result))
+            else:
+                result.update(collection_values)
+                rows.append(result)
+            if bar is not None:
+                bar.update(1)
     if bar is not None:
         bar.close()
     _merge_into_stage(catalog, rows, report)
@@ -207,47 +256,42 @@ def ingest(catalog: Catalog, paths: Iterable[str | os.PathLike], collection: str
     return report
 
 
+ITEM_SCHEMA = pa.schema([(name, {"VARCHAR": pa.string(), "DOUBLE": pa.float64(),
+                                  "BIGINT": pa.int64(), "VARCHAR[]": pa.list_(pa.string())}[kind])
+                         for name, kind in SQL_TYPES.items()])
+STAGE_ORDER = [(name, "ascending") for name in
+               ("collection_id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+                "SOPInstanceUID")]
+
+
+def _as_items(table: pa.Table) -> pa.Table:
+    """`table` in the item schema's columns, order and types (a column it lacks is null)."""
+    return pa.table([table[f.name].cast(f.type) if f.name in table.column_names
+                     else pa.nulls(table.num_rows, f.type) for f in ITEM_SCHEMA],
+                    schema=ITEM_SCHEMA)
+
+
 def _merge_into_stage(catalog: Catalog, rows: list[dict], report: IngestReport) -> None:
     """Write the staged rows: base rows, replaced by the new rows with the same
-    SOPInstanceUID. The caller records them in the stage file."""
-    con = catalog.connection()
-    names = list(SQL_TYPES)
-    table = pa.table({n: [r.get(n) for r in rows] for n in names
-                      if not SQL_TYPES[n].endswith("[]")} |
-                     {n: pa.array([r.get(n) for r in rows], pa.list_(pa.string()))
-                      for n in names if SQL_TYPES[n].endswith("[]")} |
-                     {"__ord": list(range(len(rows)))})
-    con.register("new_rows", table)
-    try:
-        # two files with one SOPInstanceUID in a batch: the one met last wins
-        new_sql = items_select(con, "SELECT * FROM new_rows QUALIFY row_number() OVER "
-                                    "(PARTITION BY SOPInstanceUID ORDER BY __ord DESC) = 1")
-        base_sql = _staged_base_sql(catalog)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE base_rows AS {base_sql}")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE new_shaped AS {new_sql}")
-        # a file already present with the same content in the same collection keeps its row
-        # (and its version_min); anything else replaces the row of its SOPInstanceUID
-        con.execute("""CREATE OR REPLACE TEMP TABLE changed AS SELECT * FROM new_shaped n
-                       WHERE NOT EXISTS (SELECT 1 FROM base_rows b
-                                         WHERE b.crdc_instance_uuid = n.crdc_instance_uuid
-                                           AND b.collection_id = n.collection_id)""")
-        report.ingested = con.execute("SELECT count(*) FROM changed").fetchone()[0]
-        report.unchanged = con.execute("SELECT count(*) FROM new_shaped").fetchone()[0] \
-            - report.ingested
-        merged = """
-            SELECT * FROM base_rows
-            WHERE SOPInstanceUID NOT IN (SELECT SOPInstanceUID FROM changed)
-            UNION ALL BY NAME
-            SELECT * FROM changed"""
-        copy_to_parquet(con, items_select(con, merged) +
-                        " ORDER BY collection_id, PatientID, StudyInstanceUID, "
-                        "SeriesInstanceUID, SOPInstanceUID",
-                        catalog.staging_dir / STAGED_ITEMS)
-    finally:
-        con.unregister("new_rows")
-        con.execute("DROP TABLE IF EXISTS base_rows")
-        con.execute("DROP TABLE IF EXISTS new_shaped")
-        con.execute("DROP TABLE IF EXISTS changed")
+    SOPInstanceUID. The caller records them in the stage file.
+
+    Two files with one SOPInstanceUID in a batch: the one met last wins. A file already
+    present with the same content in the same collection keeps its row (and its
+    version_min); anything else replaces the row of its SOPInstanceUID. Done in Arrow: for a
+    batch of new rows that is several times quicker than a DuckDB statement over 84 columns."""
+    latest = list({row["SOPInstanceUID"]: row for row in rows}.values())
+    base_path = _staged_base(catalog)
+    base = _as_items(pq.read_table(base_path)) if base_path else ITEM_SCHEMA.empty_table()
+    new_uuids = pa.array([row["crdc_instance_uuid"] for row in latest], pa.string())
+    kept = base.filter(pc.is_in(base["crdc_instance_uuid"], value_set=new_uuids))
+    present = set(zip(kept["crdc_instance_uuid"].to_pylist(), kept["collection_id"].to_pylist()))
+    changed = [row for row in latest
+               if (row["crdc_instance_uuid"], row["collection_id"]) not in present]
+    report.ingested, report.unchanged = len(changed), len(latest) - len(changed)
+    new = pa.Table.from_pylist(changed, schema=ITEM_SCHEMA)
+    replaced = pc.is_in(base["SOPInstanceUID"], value_set=new["SOPInstanceUID"])
+    merged = pa.concat_tables([base.filter(pc.invert(replaced)), new]).sort_by(STAGE_ORDER)
+    write_parquet_atomic(merged, catalog.staging_dir / STAGED_ITEMS)
 
 
 def _stage_collection(catalog: Catalog, stage: dict, collection_id: str, name: str,
