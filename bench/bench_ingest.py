@@ -10,6 +10,10 @@ fixed costs, starting its workers and writing the catalogue once, weigh as littl
 ingest); the output says how many were synthesized. `--copies 3` gives the 569-file corpus
 where those fixed costs show. The two loops alternate, run after run, and the figure is the
 median of the runs' own ratios, so that the machine's drifting speed touches both alike.
+
+Leave a few minutes after deleting many files (this benchmark's own clean-up included) before
+running it: for that long ext4 skips recently freed inodes one by one when it creates a file,
+which tripled ingest's kernel time here and says nothing about ingest.
 """
 
 from __future__ import annotations

@@ -212,7 +212,8 @@ def ingest(catalog: Catalog, paths: Iterable[str | os.PathLike], collection: str
            restricted: bool = False, metadata: dict | None = None,
            progress: bool = False, workers: int | None = None) -> IngestReport:
     """Stage the DICOM files under `paths` as instances of `collection`. `workers`: processes
-    for the per-file work (default: one per core for large ingests, else none)."""
+    for the per-file work (default for large ingests: one per core and one more, which keeps the
+    cores busy while a worker waits on the disk; none for small ones)."""
     collection_id = normalise_collection_id(collection)
     if not collection_id:
         raise CatalogError("A collection ID is required (--collection).")
@@ -229,7 +230,7 @@ def ingest(catalog: Catalog, paths: Iterable[str | os.PathLike], collection: str
     rows: list[dict] = []
     files = list(iter_files(paths))
     if workers is None:
-        workers = (os.cpu_count() or 1) if len(files) >= PARALLEL_FROM else 1
+        workers = (os.cpu_count() or 1) + 1 if len(files) >= PARALLEL_FROM else 1
     bar = None
     if progress:
         from tqdm import tqdm
