@@ -548,6 +548,29 @@ def test_parallel_ingest_stages_exactly_what_a_serial_one_does(tmp_path):
     assert parallel_report.skipped == serial_report.skipped
 
 
+def test_files_too_large_for_memory_are_streamed_to_the_same_rows(tmp_path, monkeypatch):
+    """Files above ingest's in-memory limit are parsed from disk and copied in chunks; the
+    rows (hashes, sizes, CRCs, values) and the reasons for skips must not change."""
+    from imaging_commons.core import ingest as ingest_module
+
+    def staged(name: str):
+        commons = Commons(Archive(tmp_path / name))
+        report = ingest(commons.catalog, [pydicom_sample_dir()], "samples", workers=1)
+        publish(commons.catalog)
+        rows = query(commons, f"SELECT * EXCLUDE (gcs_url) FROM {items(commons, 1)} "
+                              "ORDER BY SOPInstanceUID")
+        blobs = {p.relative_to(commons.archive.blob_dir): md5_of(p)
+                 for p in commons.archive.blob_dir.rglob("*.dcm")}
+        return report, rows, blobs
+
+    in_memory = staged("memory")
+    monkeypatch.setattr(ingest_module, "IN_MEMORY_LIMIT", 0)  # every file streamed
+    streamed = staged("streamed")
+    assert streamed[1] == in_memory[1] and len(in_memory[1]) > 100
+    assert streamed[2] == in_memory[2]
+    assert streamed[0].skipped == in_memory[0].skipped
+
+
 def test_stored_files_carry_their_crc32(ingested):
     """Zip downloads put the catalogue's CRC-32 in each member header, so it must be the
     stored bytes' own."""
