@@ -17,17 +17,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
+def _value_bytes(array: pa.Array) -> memoryview:
+    """The bytes of a string or binary array's values, back to back (a slice's own only)."""
+    large = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
+    offsets = np.frombuffer(array.buffers()[1], np.int64 if large else np.int32)
+    start, end = int(offsets[array.offset]), int(offsets[array.offset + len(array)])
+    return memoryview(array.buffers()[2])[start:end]
+
+
 def _needs_escape(column: pa.ChunkedArray) -> bool:
     """Whether any string holds a byte JSON escapes (`"`, `\\`, a control character). Reads the
     characters of a page in one pass (a regex kernel per value is five times slower)."""
     for chunk in column.chunks:
-        data = chunk.buffers()[2]
-        if data is None or len(chunk) == 0:
+        if len(chunk) == 0 or chunk.buffers()[2] is None:
             continue
-        width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
-        offsets = np.frombuffer(chunk.buffers()[1], width)
-        start, end = int(offsets[chunk.offset]), int(offsets[chunk.offset + len(chunk)])
-        octets = np.frombuffer(data, np.uint8, count=end - start, offset=start)
+        octets = np.frombuffer(_value_bytes(chunk), np.uint8)
         if (octets < 0x20).any() or (octets == ord('"')).any() or (octets == ord("\\")).any():
             return True
     return False
@@ -87,6 +91,4 @@ def json_rows(table: pa.Table, as_text: Iterable[str] = ()) -> orjson.Fragment:
         closing = opening
     pieces.append(_bytes(closing + b"},"))
     rows = pc.binary_join_element_wise(*pieces, _bytes(b"")).combine_chunks()
-    offsets = np.frombuffer(rows.buffers()[1], np.int64)
-    start, end = int(offsets[rows.offset]), int(offsets[rows.offset + len(rows)])
-    return orjson.Fragment(b"".join((b"[", memoryview(rows.buffers()[2])[start:end - 1], b"]")))
+    return orjson.Fragment(b"".join((b"[", _value_bytes(rows)[:-1], b"]")))

@@ -234,6 +234,7 @@ def _get(ds, keyword: str) -> object:
 _STRING_VRS = frozenset({"AS", "CS", "DA", "DT", "TM", "UI", "DS", "IS"})
 _TEXT_VRS = frozenset({"LO", "SH", "UC"})
 _SINGLE_VRS = frozenset({"LT", "ST", "UT", "UR"})
+_PLAIN_VRS = _STRING_VRS | _TEXT_VRS | _SINGLE_VRS
 _PADDING = "\0 "
 
 
@@ -275,9 +276,6 @@ def _integer(text: str) -> int | str:
     except ValueError:
         return text
     return int(number) if number.is_integer() else text
-
-
-_PLAIN_VRS = _STRING_VRS | _TEXT_VRS | _SINGLE_VRS
 
 
 def _convert(value: object, sql_type: str) -> object:
