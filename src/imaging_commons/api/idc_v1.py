@@ -7,14 +7,13 @@ paths are served with and without a trailing slash, and at the notebook's altern
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import orjson
-import pyarrow as pa
 from fastapi import APIRouter, Depends, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from ..core.accounts import AccountError, Forbidden, NotFound, User
 from ..core.catalog import CatalogError, normalise_collection_id
@@ -22,10 +21,8 @@ from ..core.commons import MANIFEST_SELECTORS, Page
 from ..core.paging import InvalidPageToken
 from ..core.query import FilterError
 from ..core.results import Pending
-from ..core.schema import BY_NAME
 from .auth import optional_user, required_user
 from .errors import ApiError
-from .wire_json import json_default, json_rows
 
 router = APIRouter(prefix="/v1", tags=["IDC API v1"])
 
@@ -57,11 +54,60 @@ class FastJSONResponse(JSONResponse):
     """orjson renders large manifest pages several times faster than the standard library."""
 
     def render(self, content) -> bytes:
-        return orjson.dumps(content, default=json_default)
+        return orjson.dumps(content)
 
 
 def ok(body: dict, status: int = 200) -> JSONResponse:
     return FastJSONResponse({"code": status, **body}, status_code=status)
+
+
+# Where a page's rows go in its rendered envelope: orjson escapes every control character in
+# strings, so the only NUL byte in the rendering is this one.
+ROWS_SLOT_BYTES = b"\x00"
+ROWS_SLOT = orjson.Fragment(ROWS_SLOT_BYTES)
+
+
+class PageResponse(Response):
+    """A paged body: the envelope rendered by orjson, the rows written from the materialised
+    result's own buffer in slices. A page can be hundreds of megabytes; joining it into one body
+    would copy it twice into fresh memory, and page faults are most of what that costs."""
+
+    media_type = "application/json"
+    slice_bytes = 1 << 20
+
+    def __init__(self, body: dict, rows_json: list[bytes | memoryview], status: int = 200):
+        head, tail = orjson.dumps({"code": status, **body}).split(ROWS_SLOT_BYTES)
+        self.parts = [head, *rows_json, tail]
+        super().__init__(status_code=status,
+                         headers={"content-length": str(sum(len(p) for p in self.parts))})
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        slices = joined_slices(self.parts, self.slice_bytes)
+        current = next(slices)
+        for following in slices:
+            await send({"type": "http.response.body", "body": current, "more_body": True})
+            current = following
+        await send({"type": "http.response.body", "body": current})
+
+
+def joined_slices(parts: list[bytes | memoryview], size: int) -> Iterator[bytes]:
+    """The parts' bytes back to back, cut into slices of `size`; the last one is shorter (and
+    may be empty). A small page goes out as one slice, a large one in pieces of equal size."""
+    pending: list[memoryview] = []
+    held = 0
+    for part in parts:
+        view = memoryview(part)
+        while len(view):
+            piece = view[:size - held]
+            pending.append(piece)
+            held += len(piece)
+            view = view[len(piece):]
+            if held == size:
+                yield b"".join(pending)
+                pending, held = [], 0
+    yield b"".join(pending)
 
 
 # ----- input validation ------------------------------------------------------------------
@@ -169,12 +215,6 @@ def normalised_filters(filters: dict) -> dict:
 
 
 # ----- wire shaping ----------------------------------------------------------------------
-def wire_rows(rows: pa.Table) -> orjson.Fragment:
-    """Rows in wire form: the numeric columns the real server returns as strings are quoted."""
-    return json_rows(rows, (name for name in rows.column_names
-                            if BY_NAME.get(name) is not None and BY_NAME[name].wire_string))
-
-
 def caller_key(user: User | None) -> str | None:
     return user.username if user else None
 
@@ -209,7 +249,7 @@ def open_token(request: Request, token: str, user: User | None, kind: str) -> di
 
 
 def page_body(page: Page, token: str | None, section: str, rows_key: str) -> dict:
-    return {section: {rows_key: wire_rows(page.rows), "rowsReturned": page.rows.num_rows,
+    return {section: {rows_key: ROWS_SLOT, "rowsReturned": page.returned,
                       "totalFound": page.total},
             "next_page": token}
 
@@ -228,7 +268,7 @@ def paged(request: Request, user: User | None, state: dict, page_size: int,
     page = run_page(request, state, user, page_size)
     if isinstance(page, JSONResponse):
         return page
-    return ok(shape(page, next_token(request, page, user)))
+    return PageResponse(shape(page, next_token(request, page, user)), page.rows_json)
 
 
 def continuation(request: Request, user: User | None, params: dict,

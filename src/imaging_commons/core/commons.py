@@ -10,7 +10,6 @@ import threading
 from dataclasses import dataclass
 from functools import cached_property
 
-import pyarrow as pa
 from sqlglot import exp
 
 from ..config import Archive
@@ -45,7 +44,8 @@ UID_FIELDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Patien
 
 @dataclass(frozen=True)
 class Page:
-    rows: pa.Table
+    rows_json: list[bytes | memoryview]  # the page's rows: a JSON array, in pieces
+    returned: int
     total: int
     next_state: dict | None
     sql: str
@@ -211,13 +211,13 @@ class Commons:
         compiled = self.compile_state(state, user)
         result = self.results.run(compiled, deadline_s)
         offset = int(state.get("offset", 0))
-        rows = self.results.page(result, offset, page_size)
-        end = offset + len(rows)
+        rows_json, returned = result.json_page(offset, page_size)
+        end = offset + returned
         next_state = {**state, "offset": end} if end < result.total else None
         sql = result.sql
         if compiled.params:
             sql += "\n-- parameters: " + ", ".join(repr(p) for p in compiled.params)
-        return Page(rows, result.total, next_state, sql)
+        return Page(rows_json, returned, result.total, next_state, sql)
 
 
 __all__ = ["Commons", "Page", "Pending", "FilterError", "CatalogError", "MANIFEST_SELECTORS"]

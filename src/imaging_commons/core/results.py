@@ -1,7 +1,8 @@
 """Materialised, ordered query results: what makes paging cheap and counting once.
 
-The first request for a query materialises its ordered result as an in-memory Arrow table;
-every page, however deep, is then a zero-copy slice of it, and the total is known once.
+The first request for a query materialises its ordered result in memory, each row already
+rendered as a JSON object by DuckDB inside the query (in parallel, no Python object per row or
+value): a page, however deep, is then a slice of one buffer, and the total is known once.
 Versions are immutable, so a result never goes stale; it is keyed by the compiled SQL and its
 parameters, and recomputed if it was evicted.
 """
@@ -10,15 +11,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
+from sqlglot import exp
 
 from .catalog import Catalog
-from .query import Compiled
+from .query import Compiled, col
+from .schema import BY_NAME
+
+ROW_COLUMN = "row_json"
+# Rows per Arrow batch of a result: buffers of a few MB, which the allocator recycles, where one
+# buffer grown to the whole result was page-faulted afresh at every doubling.
+BATCH_ROWS = 16384
+_FLOATS = ("FLOAT", "DOUBLE", "REAL")
+_NUMBERS = re.compile(r"(U?(TINY|SMALL|BIG|HUGE)?INT(EGER)?|DECIMAL.*|NUMERIC.*|FLOAT|DOUBLE|REAL)$")
 
 
 class Pending(Exception):
@@ -32,12 +44,72 @@ class Pending(Exception):
 @dataclass(frozen=True)
 class Result:
     key: str
-    table: pa.Table
+    table: pa.Table  # one column, ROW_COLUMN: each row's JSON object followed by a comma
     sql: str
 
     @property
     def total(self) -> int:
         return self.table.num_rows
+
+    def json_page(self, offset: int, limit: int) -> tuple[list[bytes | memoryview], int]:
+        """Rows offset..offset+limit as a JSON array in pieces (to be written one after the
+        other), and how many rows there are. The rows lie back to back in the column's buffer,
+        so the array is that span less its last comma, between brackets: no copy is made."""
+        rows = self.table.column(0).slice(offset, limit)
+        spans = [_value_bytes(chunk) for chunk in rows.chunks if len(chunk)]
+        if not spans:
+            return [b"[]"], 0
+        spans[-1] = spans[-1][:-1]
+        return [b"[", *spans, b"]"], len(rows)
+
+
+def _value_bytes(array: pa.Array) -> memoryview:
+    """The bytes of a string array's values, back to back (a slice's own only)."""
+    large = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
+    offsets = np.frombuffer(array.buffers()[1], np.int64 if large else np.int32)
+    start, end = int(offsets[array.offset]), int(offsets[array.offset + len(array)])
+    return memoryview(array.buffers()[2])[start:end]
+
+
+def _json_value(value: exp.Expression, name: str, sql_type: str) -> exp.Expression:
+    """A column's value as it goes into the row's JSON: numbers the real server sends as
+    strings are cast to text (DuckDB writes a DOUBLE as Python's str() does), and NaN or
+    infinity, which JSON cannot carry, become null."""
+    column = BY_NAME.get(name)
+    if column is not None and column.wire_string and _NUMBERS.match(sql_type):
+        return exp.cast(value, "VARCHAR")
+    if sql_type in _FLOATS:
+        return _finite(value)
+    if sql_type.endswith("[]") and sql_type[:-2] in _FLOATS:
+        item = exp.to_identifier("v")
+        return exp.Transform(this=value, expression=exp.Lambda(this=_finite(item),
+                                                               expressions=[item]))
+    return value
+
+
+def _finite(value: exp.Expression) -> exp.Expression:
+    return exp.Case(ifs=[exp.If(this=exp.Anonymous(this="isfinite", expressions=[value]),
+                                true=value.copy())])
+
+
+def rows_as_json(compiled: Compiled, columns: list[tuple[str, str]]) -> exp.Select:
+    """The compiled query with each row rendered by DuckDB as one JSON object and a comma, in
+    the query's order. `columns` are the query's output (name, DuckDB type), names unique."""
+    inner = compiled.tree.copy()
+    order = inner.args.get("order")
+    inner.set("order", None)
+    row = exp.Struct(expressions=[
+        exp.PropertyEQ(this=exp.to_identifier(name, quoted=True),
+                       expression=_json_value(col(name, "q"), name, sql_type))
+        for name, sql_type in columns])
+    rendered = exp.DPipe(this=exp.Anonymous(this="to_json", expressions=[row]),
+                         expression=exp.Literal.string(","), safe=True)
+    outer = exp.select(rendered.as_(ROW_COLUMN)).from_(inner.subquery("q"))
+    if order is not None:  # by the subquery's columns, which no output name can shadow
+        for ordered in order.expressions:
+            ordered.this.set("table", exp.to_identifier("q"))
+        outer.set("order", order)
+    return outer
 
 
 class ResultStore:
@@ -89,11 +161,10 @@ class ResultStore:
             del self._jobs[old_key]
 
     def _materialise(self, key: str, compiled: Compiled) -> Result:
-        """One run of the query, its ORDER BY order kept in the Arrow table."""
+        """One run of the query, rendered to JSON rows in its ORDER BY order."""
         sql = compiled.sql("duckdb")
-        table = self.catalog.connection().execute(sql, compiled.params).to_arrow_table()
-        return Result(key, table, sql)
-
-    @staticmethod
-    def page(result: Result, offset: int, limit: int) -> pa.Table:
-        return result.table.slice(offset, limit)
+        con = self.catalog.connection()
+        con.execute("SET SESSION arrow_large_buffer_size = true")  # a result may pass 2 GB
+        columns = [(d[0], d[1]) for d in con.execute(f"DESCRIBE {sql}", compiled.params).fetchall()]
+        rendered = rows_as_json(compiled, columns).sql("duckdb")
+        return Result(key, con.execute(rendered, compiled.params).to_arrow_table(BATCH_ROWS), sql)
