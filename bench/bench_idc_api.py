@@ -36,7 +36,7 @@ FILTER_SETS = [
     ({"collection_id": ["%cptac%"]}, ["StudyInstanceUID", "Collection_ID"]),
 ]
 BIG = ({"Modality": ["MR"]}, ["SeriesInstanceUID", "GCS_URL"])
-PAGING_RUNS = 5
+PAGING_RUNS = 7
 UNPAGED = 1 << 18
 
 

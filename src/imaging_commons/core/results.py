@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
@@ -30,7 +29,6 @@ ROW_COLUMN = "row_json"
 # buffer grown to the whole result was page-faulted afresh at every doubling.
 BATCH_ROWS = 16384
 _FLOATS = ("FLOAT", "DOUBLE", "REAL")
-_NUMBERS = re.compile(r"(U?(TINY|SMALL|BIG|HUGE)?INT(EGER)?|DECIMAL.*|NUMERIC.*|FLOAT|DOUBLE|REAL)$")
 
 
 class Pending(Exception):
@@ -76,7 +74,7 @@ def _json_value(value: exp.Expression, name: str, sql_type: str) -> exp.Expressi
     strings are cast to text (DuckDB writes a DOUBLE as Python's str() does), and NaN or
     infinity, which JSON cannot carry, become null."""
     column = BY_NAME.get(name)
-    if column is not None and column.wire_string and _NUMBERS.match(sql_type):
+    if column is not None and column.wire_string:
         return exp.cast(value, "VARCHAR")
     if sql_type in _FLOATS:
         return _finite(value)
@@ -94,7 +92,8 @@ def _finite(value: exp.Expression) -> exp.Expression:
 
 def rows_as_json(compiled: Compiled, columns: list[tuple[str, str]]) -> exp.Select:
     """The compiled query with each row rendered by DuckDB as one JSON object and a comma, in
-    the query's order. `columns` are the query's output (name, DuckDB type), names unique."""
+    the query's order. `columns` are the query's output (name, DuckDB type); no two names may
+    differ only in case (DuckDB's struct keys are case-insensitive)."""
     inner = compiled.tree.copy()
     order = inner.args.get("order")
     inner.set("order", None)
@@ -164,7 +163,7 @@ class ResultStore:
         """One run of the query, rendered to JSON rows in its ORDER BY order."""
         sql = compiled.sql("duckdb")
         con = self.catalog.connection()
-        con.execute("SET SESSION arrow_large_buffer_size = true")  # a result may pass 2 GB
+        con.execute("SET SESSION arrow_large_buffer_size = true")  # 64-bit offsets: wide rows
         columns = [(d[0], d[1]) for d in con.execute(f"DESCRIBE {sql}", compiled.params).fetchall()]
         rendered = rows_as_json(compiled, columns).sql("duckdb")
         return Result(key, con.execute(rendered, compiled.params).to_arrow_table(BATCH_ROWS), sql)
