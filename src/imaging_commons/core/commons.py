@@ -6,7 +6,9 @@ together, and applies the visibility rule (restricted collections) in one place.
 
 from __future__ import annotations
 
+import json
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -21,6 +23,7 @@ from .results import Pending, ResultStore
 from .schema import CONTINUOUS_NUMERIC, DICOM_METADATA_COLUMNS
 
 GUID_PREFIX = "dg.4DFC/"
+COMPILED_KEPT = 256  # compiled queries remembered for the pages that follow
 
 # IDC manifest column selectors, in the order rows are sorted by
 MANIFEST_SELECTORS: dict[str, exp.Expression] = {
@@ -57,6 +60,7 @@ class Commons:
         self.catalog = Catalog(archive)
         self.results = ResultStore(self.catalog)
         self._attr_cache: dict[int, set[str]] = {}
+        self._compiled: OrderedDict[str, Compiled] = OrderedDict()
         self._lock = threading.Lock()
 
     @cached_property
@@ -168,9 +172,27 @@ class Commons:
 
     # ----- paged queries ------------------------------------------------------------------
     def compile_state(self, state: dict, user: User | None) -> Compiled:
-        """Compile a paged request's state (kind, version, filters, fields) for this caller."""
+        """Compile a paged request's state (kind, version, filters, fields) for this caller.
+        Every page of a result asks for the same query, and compiling it was most of what a
+        small page cost: the compiled query is remembered, under the state and the collections
+        hidden from this caller (worked out afresh each time, as grants change)."""
+        hidden = self.hidden_collections(user, state["version"])
+        key = json.dumps([{k: v for k, v in state.items() if k != "offset"}, sorted(hidden)],
+                         sort_keys=True, default=str)
+        with self._lock:
+            compiled = self._compiled.get(key)
+            if compiled is not None:
+                self._compiled.move_to_end(key)
+                return compiled
+        compiled = self._compile(state, hidden)
+        with self._lock:
+            self._compiled[key] = compiled
+            while len(self._compiled) > COMPILED_KEPT:
+                self._compiled.popitem(last=False)
+        return compiled
+
+    def _compile(self, state: dict, hidden: frozenset[str]) -> Compiled:
         version = state["version"]
-        hidden = self.hidden_collections(user, version)
         kind = state["kind"]
         if kind == "manifest":
             outputs = [(name, MANIFEST_SELECTORS[name]) for name in state["fields"]]

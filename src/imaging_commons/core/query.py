@@ -7,8 +7,11 @@ same tree can be rendered for DuckDB (what runs here), Spark or BigQuery.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from sqlglot import exp
 
@@ -60,6 +63,12 @@ class Compiled:
 
     def sql(self, dialect: str = "duckdb") -> str:
         return self.tree.sql(dialect=dialect)
+
+    @cached_property
+    def key(self) -> str:
+        """The query's identity, its SQL and values: what a materialised result is kept under."""
+        text = json.dumps([self.sql(), self.params], default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def col(name: str, table: str | None = None) -> exp.Column:

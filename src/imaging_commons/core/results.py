@@ -9,8 +9,6 @@ parameters, and recomputed if it was evicted.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
@@ -121,14 +119,9 @@ class ResultStore:
         self._lock = threading.Lock()
         self._jobs: "OrderedDict[str, Future[Result]]" = OrderedDict()
 
-    @staticmethod
-    def key_for(compiled: Compiled) -> str:
-        text = json.dumps([compiled.sql(), compiled.params], default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
-
     def run(self, compiled: Compiled, deadline_s: float | None) -> Result:
         """The materialised result, waiting at most `deadline_s`; raises Pending past it."""
-        key = self.key_for(compiled)
+        key = compiled.key
         with self._lock:
             job = self._jobs.get(key)
             if job is None or (job.done() and job.exception() is not None):
