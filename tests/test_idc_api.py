@@ -14,9 +14,11 @@ from click.testing import CliRunner
 
 from conftest import SAMPLES, LiveServer, postgres_schema_url
 from imaging_commons.cli import main as cli
+from imaging_commons.api.idc_v1 import PageResponse
 from imaging_commons.config import Archive
 from imaging_commons.core.commons import Commons
 from imaging_commons.core.ingest import ingest, publish
+from imaging_commons.core.results import BATCH_ROWS
 
 IDC_DIR = idc_index_data.IDC_INDEX_PARQUET_FILEPATH.parent
 LUNG = {"collection_id": ["4D-Lung"], "Modality": ["CT"]}
@@ -115,6 +117,25 @@ def test_manifest_preview_pages_to_the_end(server):
     again = requests.post(f"{server.url}/v1/cohorts/manifest/preview",
                           params={"next_page": first["next_page"], "page_size": 40}, json=spec)
     assert again.json()["manifest"]["json_manifest"] == rows[40:80]
+
+
+def test_a_page_larger_than_a_write_slice_arrives_whole_and_in_order(server):
+    """Pages are written in 1 MB slices straight from the result's buffer: a page of several
+    slices (and of several of the result's Arrow batches) must be the query's rows, in order."""
+    params = {"SeriesInstanceUID": True, "GCS_URL": True, "page_size": 40000}
+    r = requests.post(f"{server.url}/v1/cohorts/preview/manifest", params=params,
+                      json={"name": "mr", "filters": {"Modality": ["MR"]}})
+    assert r.status_code == 200, r.text
+    assert int(r.headers["content-length"]) == len(r.content) > 3 * PageResponse.slice_bytes
+    manifest = r.json()["manifest"]
+    catalog = server.commons.catalog
+    # (columns in the manifest's column order, GCS_URL before SeriesInstanceUID)
+    expected = catalog.connection().execute(f"""SELECT DISTINCT gcs_url, SeriesInstanceUID
+        FROM {catalog.relation(catalog.active_version(), 'items')} WHERE Modality = 'MR'
+        ORDER BY 1, 2 LIMIT 40000""").fetchall()
+    assert manifest["rowsReturned"] == len(manifest["json_manifest"]) == 40000 > BATCH_ROWS
+    assert [tuple(row.items()) for row in manifest["json_manifest"]] == [
+        (("GCS_URL", url), ("SeriesInstanceUID", uid)) for url, uid in expected]
 
 
 def test_manifest_instances_of_ingested_files(server):
