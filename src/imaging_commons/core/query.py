@@ -62,7 +62,13 @@ class Compiled:
     params: list
 
     def sql(self, dialect: str = "duckdb") -> str:
-        return self.tree.sql(dialect=dialect)
+        return self._duckdb_sql if dialect == "duckdb" else self.tree.sql(dialect=dialect)
+
+    @cached_property
+    def _duckdb_sql(self) -> str:
+        """The SQL that runs here, generated once: sqlglot takes about a millisecond, and every
+        page of a result asks for it."""
+        return self.tree.sql(dialect="duckdb")
 
     @cached_property
     def key(self) -> str:

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 from sqlglot import exp
@@ -26,6 +27,7 @@ ROW_COLUMN = "row_json"
 # Rows per Arrow batch of a result: buffers of a few MB, which the allocator recycles, where one
 # buffer grown to the whole result was page-faulted afresh at every doubling.
 BATCH_ROWS = 16384
+SHAPES_KEPT = 256  # query shapes whose rendering SQL is remembered
 _FLOATS = ("FLOAT", "DOUBLE", "REAL")
 
 
@@ -118,6 +120,7 @@ class ResultStore:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="query")
         self._lock = threading.Lock()
         self._jobs: "OrderedDict[str, Future[Result]]" = OrderedDict()
+        self._shapes: OrderedDict[str, str] = OrderedDict()  # query SQL -> its rows_as_json SQL
 
     def run(self, compiled: Compiled, deadline_s: float | None) -> Result:
         """The materialised result, waiting at most `deadline_s`; raises Pending past it."""
@@ -154,9 +157,27 @@ class ResultStore:
 
     def _materialise(self, key: str, compiled: Compiled) -> Result:
         """One run of the query, rendered to JSON rows in its ORDER BY order."""
-        sql = compiled.sql("duckdb")
         con = self.catalog.connection()
         con.execute("SET SESSION arrow_large_buffer_size = true")  # 64-bit offsets: wide rows
-        columns = [(d[0], d[1]) for d in con.execute(f"DESCRIBE {sql}", compiled.params).fetchall()]
-        rendered = rows_as_json(compiled, columns).sql("duckdb")
-        return Result(key, con.execute(rendered, compiled.params).to_arrow_table(BATCH_ROWS), sql)
+        rendered = self._rendered_sql(con, compiled)
+        table = con.execute(rendered, compiled.params).to_arrow_table(BATCH_ROWS)
+        return Result(key, table, compiled.sql("duckdb"))
+
+    def _rendered_sql(self, con: duckdb.DuckDBPyConnection, compiled: Compiled) -> str:
+        """The SQL of rows_as_json. It depends on the query's shape (its SQL, placeholders and
+        all) and not on the values, so it is worked out once per shape: the output types it
+        needs take a DESCRIBE, and generating it another pass of sqlglot."""
+        sql = compiled.sql("duckdb")
+        with self._lock:
+            rendered = self._shapes.get(sql)
+            if rendered is not None:
+                self._shapes.move_to_end(sql)
+        if rendered is None:
+            columns = [(d[0], d[1]) for d in
+                       con.execute(f"DESCRIBE {sql}", compiled.params).fetchall()]
+            rendered = rows_as_json(compiled, columns).sql("duckdb")
+            with self._lock:
+                self._shapes[sql] = rendered
+                while len(self._shapes) > SHAPES_KEPT:
+                    self._shapes.popitem(last=False)
+        return rendered
