@@ -82,14 +82,15 @@ def main() -> int:
         # process holding gigabytes more makes every allocation slower, the baseline's
         # fetchall() and the client's json.loads alike).
         commons = Commons(Archive(archive))
-        segment = commons.catalog.segments_dir / commons.catalog.version(25).manifest["items"][0]
+        segments = [str(commons.catalog.segments_dir / name)
+                    for name in commons.catalog.version(25).manifest["items"]]
         first_page_queries = [raw_query(commons, filters, fields) for filters, fields in FILTER_SETS]
         big_sql, big_params = raw_query(commons, cold(BIG[0]), BIG[1])
         max_page_size = commons.archive.max_page_size
         del commons
         gc.collect()
         con = duckdb.connect()
-        con.execute(f"CREATE TABLE items AS SELECT * FROM read_parquet('{segment}') WHERE "
+        con.execute(f"CREATE TABLE items AS SELECT * FROM read_parquet({segments}) WHERE "
                     "version_min <= 25 AND (version_max IS NULL OR version_max >= 25)")
         # pages up to UNPAGED rows, so the whole manifest also fits one request (a baseline)
         with running_server(archive, args.port, "/v1/about",

@@ -29,10 +29,6 @@ from ..config import Archive
 from .schema import COLUMNS, SQL_TYPES
 
 ITEM_COLUMNS = [c.name for c in COLUMNS]
-# An items segment is held in memory as two tables, its rows still current and its rows of past
-# versions: a query on the active version scans the first alone (DuckDB's statistics rule the
-# other out), where one table made it filter every past row away on every query.
-ITEM_PARTS = {"_live": " WHERE version_max IS NULL", "_past": " WHERE version_max IS NOT NULL"}
 
 COLLECTION_COLUMNS = {
     "collection_id": "VARCHAR",
@@ -251,19 +247,17 @@ class Catalog:
                 self._con = duckdb.connect(":memory:", config={"threads": os.cpu_count() or 2})
             return self._con.cursor()
 
-    def _table_for(self, file_name: str, part: str = "") -> str:
-        """Load a segment (or one of its ITEM_PARTS) into memory once; segments are immutable
-        so the copy never goes stale."""
-        key = file_name + part
+    def _table_for(self, file_name: str) -> str:
+        """Load a segment into memory once; segments are immutable so the copy never goes stale."""
         with self._lock:
-            if key not in self._loaded:
-                table = "seg_" + Path(file_name).stem.replace("-", "_").replace(".", "_") + part
+            if file_name not in self._loaded:
+                table = "seg_" + Path(file_name).stem.replace("-", "_").replace(".", "_")
                 con = self.connection()
                 path = self.segments_dir / file_name
                 con.execute(f"CREATE OR REPLACE TABLE {_q(table)} AS "
-                            f"SELECT * FROM read_parquet('{path}'){ITEM_PARTS.get(part, '')}")
-                self._loaded[key] = table
-            return self._loaded[key]
+                            f"SELECT * FROM read_parquet('{path}')")
+                self._loaded[file_name] = table
+            return self._loaded[file_name]
 
     def relation(self, number: int, kind: str) -> str:
         """Name of a view over one kind of table ('items', 'collections', 'analysis_results')
@@ -276,9 +270,9 @@ class Catalog:
             files = manifest.get(kind) or []
             if kind == "items":
                 parts = [
-                    f"SELECT * FROM {_q(self._table_for(f, part))} WHERE version_min <= "
-                    f"{int(number)} AND (version_max IS NULL OR version_max >= {int(number)})"
-                    for f in files for part in ITEM_PARTS
+                    f"SELECT * FROM {_q(self._table_for(f))} WHERE version_min <= {int(number)} "
+                    f"AND (version_max IS NULL OR version_max >= {int(number)})"
+                    for f in files
                 ] or [empty_items_sql()]
             else:
                 parts = [

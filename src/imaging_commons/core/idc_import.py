@@ -30,9 +30,9 @@ def index_dir() -> Path:
     return Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH).parent
 
 
-def _series_rows_sql(d: Path) -> str:
-    """Current (v25) series plus the prior releases' series, in the item schema."""
-    current = f"""
+def _series_rows_sql(d: Path, current: bool) -> str:
+    """The current (v25) series, or the prior releases' series, in the item schema."""
+    latest = f"""
         SELECT i.collection_id, i.analysis_result_id, i.PatientID, i.SeriesInstanceUID,
                i.StudyInstanceUID, i.source_DOI, i.PatientAge, i.PatientSex, i.StudyDate,
                i.StudyDescription, i.BodyPartExamined, i.Modality, i.SOPClassUID,
@@ -49,7 +49,7 @@ def _series_rows_sql(d: Path) -> str:
                p.min_idc_version AS version_min, p.max_idc_version AS version_max
         FROM read_parquet('{d / "prior_versions_index.parquet"}') p"""
     return f"""
-        WITH s AS ({current} UNION ALL BY NAME {prior})
+        WITH s AS ({latest if current else prior})
         SELECT s.*, 'series' AS level, c.program_id AS program, c.species AS tcia_species,
                c.tumor_locations AS tcia_tumorLocation
         FROM s LEFT JOIN read_parquet('{d / "collections_index.parquet"}') c
@@ -66,11 +66,16 @@ def import_idc(catalog: Catalog, progress=None) -> ImportSummary:
     step = progress or (lambda msg: None)
 
     step("series")
-    items_path = catalog.new_segment_path("idc-series")
-    copy_to_parquet(con, items_select(con, _series_rows_sql(d)) +
-                    " ORDER BY collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID",
-                    items_path)
-    src = f"read_parquet('{items_path}')"
+    # current and prior series in segments of their own: a query on the active version then
+    # scans the current ones alone (DuckDB's statistics rule the prior segment out) instead of
+    # filtering every prior series away each time
+    items_paths = [catalog.new_segment_path("idc-series"),
+                   catalog.new_segment_path("idc-series-prior")]
+    for path, current in zip(items_paths, (True, False)):
+        copy_to_parquet(con, items_select(con, _series_rows_sql(d, current)) +
+                        " ORDER BY collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID",
+                        path)
+    src = f"read_parquet({[str(p) for p in items_paths]})"
     versions = con.execute(
         f"SELECT idc_version, version_timestamp FROM "
         f"read_parquet('{d / 'version_metadata_index.parquet'}') ORDER BY 1").fetchall()
@@ -116,7 +121,7 @@ def import_idc(catalog: Catalog, progress=None) -> ImportSummary:
         catalog.publish_version({
             "date_active": str(date)[:10],
             "source": "idc-index-data",
-            "items": [items_path.name],
+            "items": [p.name for p in items_paths],
             "collections": [collections_path.name],
             "analysis_results": [analysis_path.name],
             "clinical": [],
