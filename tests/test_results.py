@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from imaging_commons.core.commons import Commons
+from imaging_commons.core.results import RecentlyUsed
 
 
 def _state(modality: str) -> dict:
@@ -32,3 +33,17 @@ def test_results_are_evicted_by_count(small_archive):
     for modality in ("CT", "MR", "US", "OT"):
         commons.page(_state(modality), None, 5, None)
     assert len(commons.results._jobs) == 2
+
+
+def test_recently_used_forgets_the_least_recently_used_entry():
+    made: list[str] = []
+
+    def maker(key: str):
+        return lambda: made.append(key) or key.upper()
+
+    memo = RecentlyUsed(2)
+    assert [memo.get(k, maker(k)) for k in ("a", "b", "a", "c")] == ["A", "B", "A", "C"]
+    assert made == ["a", "b", "c"]  # "a" again came from memory
+    memo.get("a", maker("a"))  # still held: "b" was the least recently used
+    memo.get("b", maker("b"))
+    assert made == ["a", "b", "c", "b"]

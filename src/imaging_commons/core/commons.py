@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -19,7 +18,7 @@ from .accounts import Accounts, User
 from .catalog import Catalog, CatalogError
 from .paging import PageTokens
 from .query import Compiled, FilterError, attributes, col, compile_select
-from .results import Pending, ResultStore
+from .results import Pending, RecentlyUsed, ResultStore
 from .schema import CONTINUOUS_NUMERIC, DICOM_METADATA_COLUMNS
 
 GUID_PREFIX = "dg.4DFC/"
@@ -60,7 +59,7 @@ class Commons:
         self.catalog = Catalog(archive)
         self.results = ResultStore(self.catalog)
         self._attr_cache: dict[int, set[str]] = {}
-        self._compiled: OrderedDict[str, Compiled] = OrderedDict()
+        self._compiled = RecentlyUsed(COMPILED_KEPT)  # request state -> its compiled query
         self._lock = threading.Lock()
 
     @cached_property
@@ -179,17 +178,7 @@ class Commons:
         hidden = self.hidden_collections(user, state["version"])
         key = json.dumps([{k: v for k, v in state.items() if k != "offset"}, sorted(hidden)],
                          sort_keys=True, default=str)
-        with self._lock:
-            compiled = self._compiled.get(key)
-            if compiled is not None:
-                self._compiled.move_to_end(key)
-                return compiled
-        compiled = self._compile(state, hidden)
-        with self._lock:
-            self._compiled[key] = compiled
-            while len(self._compiled) > COMPILED_KEPT:
-                self._compiled.popitem(last=False)
-        return compiled
+        return self._compiled.get(key, lambda: self._compile(state, hidden))
 
     def _compile(self, state: dict, hidden: frozenset[str]) -> Compiled:
         version = state["version"]

@@ -13,6 +13,7 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import duckdb
 import numpy as np
@@ -29,6 +30,28 @@ ROW_COLUMN = "row_json"
 BATCH_ROWS = 16384
 SHAPES_KEPT = 256  # query shapes whose rendering SQL is remembered
 _FLOATS = ("FLOAT", "DOUBLE", "REAL")
+
+
+class RecentlyUsed:
+    """A bounded map that forgets its least recently used entries, safe across threads. A
+    missing value is made outside the lock: two threads may both make it, and either is kept."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return value
 
 
 class Pending(Exception):
@@ -63,7 +86,7 @@ class Result:
 
 def _value_bytes(array: pa.Array) -> memoryview:
     """The bytes of a string array's values, back to back (a slice's own only)."""
-    large = pa.types.is_large_string(array.type) or pa.types.is_large_binary(array.type)
+    large = pa.types.is_large_string(array.type)
     offsets = np.frombuffer(array.buffers()[1], np.int64 if large else np.int32)
     start, end = int(offsets[array.offset]), int(offsets[array.offset + len(array)])
     return memoryview(array.buffers()[2])[start:end]
@@ -120,7 +143,7 @@ class ResultStore:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="query")
         self._lock = threading.Lock()
         self._jobs: "OrderedDict[str, Future[Result]]" = OrderedDict()
-        self._shapes: OrderedDict[str, str] = OrderedDict()  # query SQL -> its rows_as_json SQL
+        self._shapes = RecentlyUsed(SHAPES_KEPT)  # query SQL -> its rows_as_json SQL
 
     def run(self, compiled: Compiled, deadline_s: float | None) -> Result:
         """The materialised result, waiting at most `deadline_s`; raises Pending past it."""
@@ -168,16 +191,9 @@ class ResultStore:
         all) and not on the values, so it is worked out once per shape: the output types it
         needs take a DESCRIBE, and generating it another pass of sqlglot."""
         sql = compiled.sql("duckdb")
-        with self._lock:
-            rendered = self._shapes.get(sql)
-            if rendered is not None:
-                self._shapes.move_to_end(sql)
-        if rendered is None:
-            columns = [(d[0], d[1]) for d in
-                       con.execute(f"DESCRIBE {sql}", compiled.params).fetchall()]
-            rendered = rows_as_json(compiled, columns).sql("duckdb")
-            with self._lock:
-                self._shapes[sql] = rendered
-                while len(self._shapes) > SHAPES_KEPT:
-                    self._shapes.popitem(last=False)
-        return rendered
+
+        def render() -> str:
+            columns = con.execute(f"DESCRIBE {sql}", compiled.params).fetchall()
+            return rows_as_json(compiled, [(d[0], d[1]) for d in columns]).sql("duckdb")
+
+        return self._shapes.get(sql, render)
