@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import threading
 
 import duckdb
 import idc_index_data
@@ -608,6 +609,59 @@ def test_202_on_deadline_resumes_the_same_work(demo_archive_dir):
             token = r.json()["next_page"]
         assert r.status_code == 200 and r.json()["manifest"]["rowsReturned"] == 10
         assert len(calls) == 1  # resubmitting picked up the running query; nothing restarted
+
+
+# ----- one slow request holds up no other ---------------------------------------------------
+def held(obj, name: str, monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Make `obj.name` wait for a release before doing its work: (entered, release)."""
+    entered, release = threading.Event(), threading.Event()
+    original = getattr(obj, name)
+
+    def waiting(*args, **kwargs):
+        entered.set()
+        release.wait(20)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, waiting)
+    return entered, release
+
+
+@pytest.mark.parametrize("method, path, kwargs, blocker", [
+    ("POST", "/v1/cohorts/preview/manifest", {"params": {"GCS_URL": True},
+                                              "json": {"name": "x", "filters": LUNG}}, "results.run"),
+    ("POST", "/v1/cohorts/preview/query", {"json": {"cohort_def": {"name": "x", "filters": LUNG},
+                                                    "fields": ["Modality"]}}, "results.run"),
+    ("GET", "/v1/cohorts/{cohort}/query", {"params": {"fields": "Modality"}}, "results.run"),
+    ("POST", "/v1/cohorts/query/{cohort}", {"json": {"fields": ["Modality"]}}, "results.run"),
+    ("POST", "/v1/cohorts", {"json": {"name": "slow", "filters": LUNG}}, "accounts.create_cohort"),
+    ("DELETE", "/v1/cohorts", {"json": {"cohorts": ["{cohort}"]}}, "accounts.delete_cohort"),
+    ("POST", "/nbia-api/oauth/token", {"data": {"username": "waiter", "password": "pw-secret-1"}},
+     "accounts.authenticate"),
+    ("POST", "/nbia-api/logout", {}, "accounts.revoke"),
+])
+def test_a_request_waiting_on_its_work_does_not_stall_the_others(server, monkeypatch, method,
+                                                                 path, kwargs, blocker):
+    """Every endpoint that waits on a query, the accounts database or a password check does so
+    off the event loop: while it waits, other requests are answered."""
+    token = server.user_token("waiter")
+    cohort = requests.post(f"{server.url}/v1/cohorts", json={"name": "c", "filters": LUNG},
+                           headers=auth(token)).json()["cohort_id"]
+    path = path.format(cohort=cohort)
+    kwargs = json.loads(json.dumps(kwargs).replace('"{cohort}"', str(cohort)))
+    owner, name = blocker.split(".")
+    entered, release = held(getattr(server.commons, owner), name, monkeypatch)
+    answers = []
+    slow = threading.Thread(target=lambda: answers.append(requests.request(
+        method, server.url + path, headers=auth(token), timeout=30, **kwargs)))
+    slow.start()
+    try:
+        assert entered.wait(10), "the request never reached the work it waits on"
+        about = requests.get(f"{server.url}/v1/about", timeout=3)
+        assert about.status_code == 200 and slow.is_alive()
+    finally:
+        release.set()
+        slow.join(30)
+    assert answers and answers[0].status_code == 200, answers and answers[0].text
 
 
 # ----- malformed input: always 4xx, nothing stored ------------------------------------------

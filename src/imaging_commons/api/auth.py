@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ..core.accounts import AccountError, InvalidToken, User
@@ -83,10 +83,10 @@ def _grant_error(status: int, error: str, description: str | None = None) -> JSO
     return JSONResponse(body, status_code=status)
 
 
-async def oauth_token(request: Request):
+def oauth_token(request: Request, params: dict = Depends(_oauth_params)):
     """Form fields (or query parameters): username, password, client_id, client_secret,
-    grant_type (password | refresh_token), refresh_token."""
-    params = await _oauth_params(request)
+    grant_type (password | refresh_token), refresh_token. A plain function, run in the thread
+    pool: checking a password is deliberately slow, and must not stall other connections."""
     accounts = request.app.state.commons.accounts
     grant = params.get("grant_type", "password")
     if grant == "password":
@@ -105,7 +105,7 @@ async def oauth_token(request: Request):
     return _grant_error(400, "unsupported_grant_type")
 
 
-async def logout(request: Request):
+def logout(request: Request):
     token = bearer_token(request)
     if token is None or not request.app.state.commons.accounts.revoke(token):
         raise ApiError(401, "Invalid or missing token")

@@ -147,8 +147,14 @@ def parse_page_size(request: Request, raw: str | None) -> int:
     return size
 
 
-async def json_body(request: Request, required: bool = True) -> dict:
-    raw = await request.body()
+async def body_bytes(request: Request) -> bytes:
+    """The request body, read on the event loop. Endpoints that take it are plain functions,
+    which FastAPI runs in its thread pool: a query or a database write blocking there holds up
+    that request alone, where in a coroutine it would stall every connection."""
+    return await request.body()
+
+
+def json_body(raw: bytes, required: bool = True) -> dict:
     if not raw.strip():
         if required:
             raise ApiError(400, "A JSON request body is required")
@@ -419,10 +425,11 @@ def list_cohorts(request: Request, user: User = Depends(required_user)):
 
 
 @route("POST", "/cohorts", summary="Create a cohort")
-async def create_cohort(request: Request, user: User = Depends(required_user)):
+def create_cohort(request: Request, user: User = Depends(required_user),
+                  raw: bytes = Depends(body_bytes)):
     strict_params(request, set(), "Invalid key")
     commons = request.app.state.commons
-    definition = cohort_definition(request, await json_body(request))
+    definition = cohort_definition(request, json_body(raw))
     name = definition["name"]
     if not isinstance(name, str) or not name.strip():
         raise ApiError(400, "A name was not provided for this cohort. The cohort was not made.")
@@ -467,8 +474,9 @@ def _delete(request: Request, user: User, raw: Any) -> JSONResponse:
 
 
 @route("DELETE", "/cohorts", summary="Delete cohorts")
-async def delete_cohorts(request: Request, user: User = Depends(required_user)):
-    body = await json_body(request)
+def delete_cohorts(request: Request, user: User = Depends(required_user),
+                   raw: bytes = Depends(body_bytes)):
+    body = json_body(raw)
     if set(body) - {"cohorts"}:
         raise ApiError(400, f"Invalid key {sorted(set(body) - {'cohorts'})[0]}")
     return _delete(request, user, body.get("cohorts"))
@@ -533,11 +541,12 @@ def cohort_manifest(request: Request, cohort_id: int, user: User = Depends(requi
 
 @route("POST", "/cohorts/manifest/preview", "/cohorts/preview/manifest",
        summary="Paged manifest of a cohort definition (nothing stored)")
-async def preview_manifest(request: Request, user: User | None = Depends(optional_user)):
+def preview_manifest(request: Request, user: User | None = Depends(optional_user),
+                     raw: bytes = Depends(body_bytes)):
     params = strict_params(request, MANIFEST_PARAMS, "Invalid key")
     if params.get("next_page"):
         return continuation(request, user, params, manifest_next)
-    definition = cohort_definition(request, await json_body(request))
+    definition = cohort_definition(request, json_body(raw))
     return manifest_response(request, user, params, definition, {
         "name": definition["name"], "description": definition["description"],
         "filterSet": filter_set(normalised_filters(definition["filters"]),
@@ -580,12 +589,12 @@ def query_next(request: Request, user: User | None, token: str, page_size: int):
                  lambda page, next_page: query_body(page, next_page, "cohort", {}))
 
 
-async def _cohort_query(request: Request, cohort_id: int, user: User):
+def _cohort_query(request: Request, cohort_id: int, user: User, raw: bytes):
     params = strict_params(request, QUERY_PARAMS, "Invalid key")
     if params.get("next_page"):
         return continuation(request, user, params, query_next)
     cohort = saved_cohort(request, user, cohort_id)
-    body = await json_body(request, required=False)
+    body = json_body(raw, required=False)
     fields = query_fields(body, request.query_params.getlist("fields"))
     definition = {"version": cohort.version, "filters": cohort.filters}
     fs = filter_set(cohort.filters, cohort.version)
@@ -596,24 +605,26 @@ async def _cohort_query(request: Request, cohort_id: int, user: User):
 
 @route("GET", "/cohorts/query/{cohort_id:int}", "/cohorts/{cohort_id:int}/query",
        summary="Paged query of a saved cohort")
-async def cohort_query_get(request: Request, cohort_id: int, user: User = Depends(required_user)):
-    return await _cohort_query(request, cohort_id, user)
+def cohort_query_get(request: Request, cohort_id: int, user: User = Depends(required_user),
+                     raw: bytes = Depends(body_bytes)):
+    return _cohort_query(request, cohort_id, user, raw)
 
 
 @route("POST", "/cohorts/query/{cohort_id:int}", "/cohorts/{cohort_id:int}/query",
        summary="Paged query of a saved cohort (fields in the body)")
-async def cohort_query_post(request: Request, cohort_id: int,
-                            user: User = Depends(required_user)):
-    return await _cohort_query(request, cohort_id, user)
+def cohort_query_post(request: Request, cohort_id: int, user: User = Depends(required_user),
+                      raw: bytes = Depends(body_bytes)):
+    return _cohort_query(request, cohort_id, user, raw)
 
 
 @route("POST", "/cohorts/query/preview", "/cohorts/preview/query",
        summary="Paged query of a cohort definition (nothing stored)")
-async def preview_query(request: Request, user: User | None = Depends(optional_user)):
+def preview_query(request: Request, user: User | None = Depends(optional_user),
+                  raw: bytes = Depends(body_bytes)):
     params = strict_params(request, QUERY_PARAMS, "Invalid key")
     if params.get("next_page"):
         return continuation(request, user, params, query_next)
-    body = await json_body(request)
+    body = json_body(raw)
     if set(body) - {"cohort_def", "queryFields", "fields"}:
         raise ApiError(400, f"Invalid key {sorted(set(body) - {'cohort_def', 'queryFields', 'fields'})[0]}")
     definition = cohort_definition(request, body.get("cohort_def"))
