@@ -149,9 +149,11 @@ def main() -> int:
                 to_raw = statistics.median(o / r for o, r in zip(ours[size], raw_times))
                 to_one = statistics.median(o / u for o, u in zip(ours[size], ours[UNPAGED]))
                 requests_made = -(-row_count // size)
+                runs = " ".join(f"{o / r:.2f}" for o, r in zip(ours[size], raw_times))
                 print(f"  ours, page_size {size:>6}: {statistics.median(ours[size]):.2f} s in "
                       f"{requests_made:>3} requests, ratio {to_raw:.2f} to raw DuckDB "
-                      f"(goal <= 1.5), {to_one:.2f} to one unpaged request")
+                      f"(goal <= 1.5), {to_one:.2f} to one unpaged request\n"
+                      f"      each run's ratio to raw DuckDB: {runs}")
             latencies = latencies_1000
             first, last = statistics.median(latencies[:5]), statistics.median(latencies[-5:])
             print(f"\nlast page vs first page (page_size 1000, nextPage, median of 5): "
