@@ -139,6 +139,25 @@ def test_a_page_larger_than_a_write_slice_arrives_whole_and_in_order(server):
         (("GCS_URL", url), ("SeriesInstanceUID", uid)) for url, uid in expected]
 
 
+def test_a_manifest_too_large_for_memory_pages_the_same_from_its_file(server, monkeypatch):
+    """A result over the store's memory threshold is written to a file and memory-mapped; its
+    pages, first to last, are the query's rows in order, as from memory."""
+    monkeypatch.setattr(server.commons.results, "spill_bytes", 1)
+    spec = {"name": "luad", "filters": {"collection_id": ["TCGA-LUAD"]}}
+    params = {"SeriesInstanceUID": True, "GCS_URL": True, "page_size": 700}
+    first = requests.post(f"{server.url}/v1/cohorts/preview/manifest", params=params, json=spec)
+    assert first.status_code == 200, first.text
+    spills = list((server.commons.archive.process_scratch_dir() / "results").glob("*.arrow"))
+    assert spills, "the result was not written to a file"
+    rows = page_through(f"{server.url}/v1/cohorts/manifest/nextPage", first.json(), 700)
+    catalog = server.commons.catalog
+    expected = catalog.connection().execute(f"""SELECT DISTINCT gcs_url, SeriesInstanceUID
+        FROM {catalog.relation(catalog.active_version(), 'items')}
+        WHERE collection_id = 'tcga_luad' ORDER BY 1, 2""").fetchall()
+    assert len(expected) > 3 * 700 and first.json()["manifest"]["totalFound"] == len(expected)
+    assert [(r["GCS_URL"], r["SeriesInstanceUID"]) for r in rows] == expected
+
+
 def test_manifest_instances_of_ingested_files(server):
     spec = {"name": "samples", "filters": {"collection_id": ["pydicom_samples"], "Modality": ["MR"]}}
     params = {"CRDC_Instance_GUID": True, "GCS_URL": True, "SOPInstanceUID": True,

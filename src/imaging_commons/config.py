@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import glob
 import os
+import shutil
+import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +21,20 @@ TUNABLE_ENV = {
     "query_deadline_s": ("IMAGING_COMMONS_QUERY_DEADLINE", float),
     "max_page_size": ("IMAGING_COMMONS_MAX_PAGE_SIZE", int),
 }
+
+
+_SCRATCH_LOCK = threading.Lock()
+_SCRATCH_MADE: set[Path] = set()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @dataclass
@@ -55,6 +74,31 @@ class Archive:
     @property
     def blob_dir(self) -> Path:
         return self.root / "blobs"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Work files of running processes (results too large for memory, DuckDB's spills): on
+        the archive's disk, which is sized for the data, not in /tmp, which may be memory."""
+        return self.root / "tmp"
+
+    def process_scratch_dir(self) -> Path:
+        """This process's own folder of scratch_dir, made on first use and removed when the
+        process ends; the folders of processes of this host that no longer run (killed ones)
+        are removed then too. Named by host and process, so several servers, even in
+        containers, can share an archive."""
+        host = socket.gethostname()
+        mine = self.scratch_dir / f"{host}-{os.getpid()}"
+        with _SCRATCH_LOCK:
+            if mine not in _SCRATCH_MADE:
+                self.scratch_dir.mkdir(parents=True, exist_ok=True)
+                for other in self.scratch_dir.glob(f"{glob.escape(host)}-*"):
+                    pid = other.name.rpartition("-")[2]
+                    if pid.isdigit() and other != mine and not _running(int(pid)):
+                        shutil.rmtree(other, ignore_errors=True)
+                mine.mkdir(exist_ok=True)
+                atexit.register(shutil.rmtree, mine, True)
+                _SCRATCH_MADE.add(mine)
+        return mine
 
     @property
     def blob_url(self) -> str:

@@ -244,7 +244,11 @@ class Catalog:
         """A cursor on the shared in-memory DuckDB database that holds the loaded segments."""
         with self._lock:
             if self._con is None:
-                self._con = duckdb.connect(":memory:", config={"threads": os.cpu_count() or 2})
+                self._con = duckdb.connect(":memory:", config={
+                    "threads": os.cpu_count() or 2,
+                    # sorts and results larger than memory spill here (DuckDB's default is
+                    # .tmp in whatever directory the process was started from)
+                    "temp_directory": str(self.archive.process_scratch_dir() / "duckdb")})
             return self._con.cursor()
 
     def _table_for(self, file_name: str) -> str:

@@ -3,18 +3,24 @@
 The first request for a query materialises its ordered result in memory, each row already
 rendered as a JSON object by DuckDB inside the query (in parallel, no Python object per row or
 value): a page, however deep, is then a slice of one buffer, and the total is known once.
-Versions are immutable, so a result never goes stale; it is keyed by the compiled SQL and its
-parameters, and recomputed if it was evicted.
+A result too large for memory is written to an Arrow file on the archive's disk instead and
+memory-mapped: its pages are slices of the mapping, and the system keeps in memory only the
+parts being read. Versions are immutable, so a result never goes stale; it is keyed by the
+compiled SQL and its parameters, and recomputed if it was evicted.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import tempfile
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import duckdb
 import numpy as np
@@ -68,6 +74,7 @@ class Result:
     key: str
     table: pa.Table  # one column, ROW_COLUMN: each row's JSON object followed by a comma
     sql: str
+    file: Path | None = None  # the memory-mapped Arrow file of a result too large for memory
 
     @property
     def total(self) -> int:
@@ -78,6 +85,12 @@ class Result:
         """Memory held, counted once: Arrow walks every chunk to count it, and the store sums
         all its results at every request (64 results took ~10 ms)."""
         return self.table.nbytes
+
+    def discard(self) -> None:
+        """Remove the result's file, if it has one. Pages still being written keep reading the
+        mapping: the system frees an unlinked file once nothing maps it."""
+        if self.file is not None:
+            self.file.unlink(missing_ok=True)
 
     def json_page(self, offset: int, limit: int) -> tuple[list[bytes | memoryview], int]:
         """Rows offset..offset+limit as a JSON array in pieces (to be written one after the
@@ -142,11 +155,16 @@ def rows_as_json(compiled: Compiled, columns: list[tuple[str, str]]) -> exp.Sele
 
 
 class ResultStore:
+    """Results by query, at most `max_results` of them, within `max_bytes` of memory and
+    `max_disk_bytes` of files; a result larger than `spill_bytes` goes to a file."""
+
     def __init__(self, catalog: Catalog, max_results: int = 64, max_bytes: int = 2 << 30,
-                 workers: int = 2):
+                 workers: int = 2, max_disk_bytes: int = 64 << 30):
         self.catalog = catalog
         self.max_results = max_results
         self.max_bytes = max_bytes
+        self.max_disk_bytes = max_disk_bytes
+        self.spill_bytes = max_bytes // 8
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="query")
         self._lock = threading.Lock()
         self._jobs: "OrderedDict[str, Future[Result]]" = OrderedDict()
@@ -174,24 +192,54 @@ class ResultStore:
         """Drop the least recently used results while more than `max_results` are kept or they
         take more than `max_bytes` of memory. Work in flight is never dropped, nor the newest
         result."""
-        def held_bytes() -> int:
+        def held_bytes(on_disk: bool) -> int:
             return sum(job.result().nbytes for job in self._jobs.values()
-                       if job.done() and job.exception() is None)
+                       if job.done() and job.exception() is None
+                       and (job.result().file is not None) == on_disk)
 
         while len(self._jobs) > 1 and (len(self._jobs) > self.max_results
-                                       or held_bytes() > self.max_bytes):
+                                       or held_bytes(False) > self.max_bytes
+                                       or held_bytes(True) > self.max_disk_bytes):
             old_key, old = next(iter(self._jobs.items()))
             if not old.done():
                 break
             del self._jobs[old_key]
+            if old.exception() is None:
+                old.result().discard()
 
     def _materialise(self, key: str, compiled: Compiled) -> Result:
         """One run of the query, rendered to JSON rows in its ORDER BY order."""
         con = self.catalog.connection()
         con.execute("SET SESSION arrow_large_buffer_size = true")  # 64-bit offsets: wide rows
         rendered = self._rendered_sql(con, compiled)
-        table = con.execute(rendered, compiled.params).to_arrow_table(BATCH_ROWS)
-        return Result(key, table, compiled.sql("duckdb"))
+        reader = con.execute(rendered, compiled.params).to_arrow_reader(BATCH_ROWS)
+        sql = compiled.sql("duckdb")
+        batches, held = [], 0
+        for batch in reader:
+            batches.append(batch)
+            held += batch.nbytes
+            if held > self.spill_bytes:
+                file = self._spill(reader.schema, itertools.chain(batches, reader))
+                return Result(key, pa.ipc.open_file(pa.memory_map(str(file))).read_all(), sql,
+                              file)
+        return Result(key, pa.Table.from_batches(batches, reader.schema), sql)
+
+    def _spill(self, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Path:
+        """Write a result's batches to a new Arrow file of this store's; a failed write (a
+        full disk) leaves no file behind."""
+        folder = self.catalog.archive.process_scratch_dir() / "results"
+        folder.mkdir(exist_ok=True)
+        fd, name = tempfile.mkstemp(suffix=".arrow", dir=folder)
+        os.close(fd)
+        file = Path(name)
+        try:
+            with pa.ipc.new_file(str(file), schema) as writer:
+                for batch in batches:
+                    writer.write_batch(batch)
+        except BaseException:
+            file.unlink(missing_ok=True)
+            raise
+        return file
 
     def _rendered_sql(self, con: duckdb.DuckDBPyConnection, compiled: Compiled) -> str:
         """The SQL of rows_as_json. It depends on the query's shape (its SQL, placeholders and
