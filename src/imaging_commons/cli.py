@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -160,6 +161,10 @@ def serve(ctx, host, port):
 
     from .api.app import create_app
 
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again under the handler
+    # it found: this one turns it into a normal exit, so the exit handlers run (they remove
+    # the process's scratch files) and the status still says SIGTERM
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     uvicorn.run(create_app(_archive(ctx)), host=host, port=port, log_level="info")
 
 
