@@ -683,6 +683,50 @@ def test_a_request_waiting_on_its_work_does_not_stall_the_others(server, monkeyp
     assert answers and answers[0].status_code == 200, answers and answers[0].text
 
 
+def test_an_anonymous_next_page_of_a_materialised_result_is_served_on_the_event_loop(
+        server, monkeypatch):
+    """No thread hop where nothing can wait: an anonymous nextPage whose result is in memory is
+    answered on the event loop; one whose query is unfinished, or an authenticated one (the
+    accounts database), in the thread pool, and the loop stays free while its query runs."""
+    served_on = []
+    page = server.commons.page
+    monkeypatch.setattr(server.commons, "page", lambda *a, **kw: served_on.append(
+        threading.current_thread()) or page(*a, **kw))
+    spec = {"name": "x", "filters": LUNG}
+    params = {"GCS_URL": True, "page_size": 3}
+    first = requests.post(f"{server.url}/v1/cohorts/preview/manifest", params=params,
+                          json=spec).json()
+    next_url = f"{server.url}/v1/cohorts/manifest/nextPage"
+
+    def next_page(headers=None) -> dict:
+        served_on.clear()
+        r = requests.get(next_url, params={"next_page": first["next_page"], "page_size": 3},
+                         headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["manifest"]  # (each next_page token is new: Fernet stamps the time)
+
+    loop_thread = server._thread
+    second = next_page()
+    assert served_on == [loop_thread]
+    server.commons.results._jobs.clear()  # the result is gone: its query runs again
+    entered, release = held(server.commons.results, "_materialise", monkeypatch)
+    answers = []
+    waiting = threading.Thread(target=lambda: answers.append(next_page()))
+    waiting.start()
+    try:
+        assert entered.wait(10)
+        assert requests.get(f"{server.url}/v1/about", timeout=3).status_code == 200
+    finally:
+        release.set()
+        waiting.join(30)
+    assert answers == [second]
+    assert served_on[0] is loop_thread and served_on[-1] is not loop_thread
+    token = server.user_token("loop-tester")
+    first = requests.post(f"{server.url}/v1/cohorts/preview/manifest", params=params,
+                          json=spec, headers=auth(token)).json()
+    assert next_page(auth(token)) == second and loop_thread not in served_on
+
+
 # ----- malformed input: always 4xx, nothing stored ------------------------------------------
 MALFORMED = [
     ("POST", "/v1/cohorts", None, "not json"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 
 from ..core.accounts import AccountError, InvalidToken, User
 from .errors import ApiError
@@ -20,11 +21,8 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-def optional_user(request: Request) -> User | None:
-    """The caller, or None when no token was sent. A bad token is a 401, not anonymous access."""
-    token = bearer_token(request)
-    if token is None:
-        return None
+def _token_user(request: Request, token: str) -> User:
+    """The user a token was issued to. A bad token is a 401, not anonymous access."""
     try:
         return request.app.state.commons.accounts.user_for_token(token)
     except InvalidToken as e:
@@ -32,8 +30,17 @@ def optional_user(request: Request) -> User | None:
                        headers={"WWW-Authenticate": "Bearer"}) from None
 
 
-def required_user(request: Request) -> User:
-    user = optional_user(request)
+async def optional_user(request: Request) -> User | None:
+    """The caller, or None when no token was sent. Only a token needs the accounts database,
+    looked up in the thread pool: an anonymous request (most IDC requests) takes no thread."""
+    token = bearer_token(request)
+    if token is None:
+        return None
+    return await run_in_threadpool(_token_user, request, token)
+
+
+async def required_user(request: Request) -> User:
+    user = await optional_user(request)
     if user is None:
         raise ApiError(401, "Authentication required: send Authorization: Bearer <token>",
                        headers={"WWW-Authenticate": "Bearer"})
@@ -42,7 +49,10 @@ def required_user(request: Request) -> User:
 
 def nbia_user(request: Request) -> User:
     """NBIA callers without a token are the guest (public collections only)."""
-    return optional_user(request) or request.app.state.commons.accounts.guest_user()
+    token = bearer_token(request)
+    if token is None:
+        return request.app.state.commons.accounts.guest_user()
+    return _token_user(request, token)
 
 
 async def _oauth_params(request: Request) -> dict:

@@ -7,6 +7,7 @@ paths are served with and without a trailing slash, and at the notebook's altern
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from typing import Any, Callable, Iterator
 
 import orjson
@@ -14,6 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from ..core.accounts import AccountError, Forbidden, NotFound, User
 from ..core.catalog import CatalogError, normalise_collection_id
@@ -226,12 +228,41 @@ def caller_key(user: User | None) -> str | None:
     return user.username if user else None
 
 
+# False while a request is served on the event loop, where it must not wait for a query
+WAITING_ALLOWED: ContextVar[bool] = ContextVar("waiting_allowed", default=True)
+
+
+class NotMaterialised(Exception):
+    """The page's query has not finished: the request moves to the thread pool to wait."""
+
+
+async def on_loop_when_ready(user: User | None, handler: Callable[[], Response]) -> Response:
+    """Serve a page on the event loop when nothing in it waits: an anonymous caller (no
+    accounts database to ask) whose result is materialised, so that the page is a slice of it.
+    Otherwise, or when the query turns out to be unfinished (it is started then), serve it in
+    the thread pool. Moving to a thread and back cost ~0.6 ms a request here, a fifth of a
+    small nextPage."""
+    if user is None:
+        waiting = WAITING_ALLOWED.set(False)
+        try:
+            return handler()
+        except NotMaterialised:
+            pass
+        finally:
+            WAITING_ALLOWED.reset(waiting)
+    return await run_in_threadpool(handler)
+
+
 def run_page(request: Request, state: dict, user: User | None, page_size: int) -> Page | JSONResponse:
     """One page of a paged request, or the 202 answer when the query outlives the deadline."""
     commons = request.app.state.commons
+    may_wait = WAITING_ALLOWED.get()
     try:
-        return commons.page(state, user, page_size, commons.archive.query_deadline_s)
+        return commons.page(state, user, page_size,
+                            commons.archive.query_deadline_s if may_wait else 0)
     except Pending:
+        if not may_wait:
+            raise NotMaterialised from None
         token = commons.tokens.mint({**state, "offset": 0}, caller_key(user))
         return ok({"message": "The query took longer than the allowed time to complete. Retry "
                               "the query using the next_page token.", "next_page": token}, 202)
@@ -554,8 +585,8 @@ def preview_manifest(request: Request, user: User | None = Depends(optional_user
 
 
 @route("GET", "/cohorts/manifest/nextPage", summary="Next page of a manifest")
-def manifest_next_page(request: Request, user: User | None = Depends(optional_user)):
-    return next_page_request(request, user, manifest_next)
+async def manifest_next_page(request: Request, user: User | None = Depends(optional_user)):
+    return await on_loop_when_ready(user, lambda: next_page_request(request, user, manifest_next))
 
 
 # ----- queries ---------------------------------------------------------------------------
@@ -636,8 +667,8 @@ def preview_query(request: Request, user: User | None = Depends(optional_user),
 
 
 @route("GET", "/cohorts/query/nextPage", summary="Next page of a query")
-def query_next_page(request: Request, user: User | None = Depends(optional_user)):
-    return next_page_request(request, user, query_next)
+async def query_next_page(request: Request, user: User | None = Depends(optional_user)):
+    return await on_loop_when_ready(user, lambda: next_page_request(request, user, query_next))
 
 
 # ----- dicomMetadata ---------------------------------------------------------------------
