@@ -240,8 +240,8 @@ async def on_loop_when_ready(user: User | None, handler: Callable[[], Response])
     """Serve a page on the event loop when nothing in it waits: an anonymous caller (no
     accounts database to ask) whose result is materialised, so that the page is a slice of it.
     Otherwise, or when the query turns out to be unfinished (it is started then), serve it in
-    the thread pool. Moving to a thread and back cost ~0.6 ms a request here, a fifth of a
-    small nextPage."""
+    the thread pool. Moving to a thread and back cost ~0.4 ms a page here (pages of 1000 rows,
+    served alternately both ways: 5.2 against 5.6 ms)."""
     if user is None:
         waiting = WAITING_ALLOWED.set(False)
         try:
