@@ -130,7 +130,7 @@ def ingest_once(folder: Path, files: list[Path], scratch: Path, expected_rows: i
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--copies", type=int, default=-1,
-                        help="rounds of synthesized copies (default: enough for 500 files)")
+                        help="rounds of synthesized copies (default: enough for 2,000 files)")
     parser.add_argument("--repeat", type=int, default=7,
                         help="runs of each, alternating (default 7)")
     parser.add_argument("--profile", action="store_true",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from imaging_commons.config import Archive
+from imaging_commons.config import Archive, _running
 from imaging_commons.core import results
 from imaging_commons.core.commons import Commons
 from imaging_commons.core.results import RecentlyUsed
@@ -99,15 +100,7 @@ def test_process_scratch_folders_of_ended_processes_are_removed(tmp_path):
 
 
 def _pid_not_running() -> int:
-    pid = 4_000_000
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return pid
-        except PermissionError:
-            pass
-        pid += 1
+    return next(pid for pid in itertools.count(4_000_000) if not _running(pid))
 
 
 def test_a_process_scratch_folder_goes_when_the_process_ends(tmp_path):

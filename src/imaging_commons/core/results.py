@@ -189,9 +189,9 @@ class ResultStore:
         return result
 
     def _evict(self) -> None:
-        """Drop the least recently used results while more than `max_results` are kept or they
-        take more than `max_bytes` of memory. Work in flight is never dropped, nor the newest
-        result."""
+        """Drop the least recently used results while more than `max_results` are kept, or
+        those in memory take more than `max_bytes`, or those in files more than
+        `max_disk_bytes`. Work in flight is never dropped, nor the newest result."""
         def held_bytes(on_disk: bool) -> int:
             return sum(job.result().nbytes for job in self._jobs.values()
                        if job.done() and job.exception() is None
