@@ -97,6 +97,21 @@ def test_collections_per_version(server):
     assert "pydicom_samples" in {c["collection_id"] for c in current}
 
 
+def test_analysis_results_per_version(server):
+    old = requests.get(f"{server.url}/v1/analysis_results", params={"idc_data_version": "5"})
+    assert old.status_code == 200, old.text
+    current = {r["analysis_result_id"] for r in
+               requests.get(f"{server.url}/v1/analysis_results").json()["analysisResults"]}
+    results = old.json()["analysisResults"]
+    assert results and current
+    for r in results:  # the seed's keys; active: still part of the active data version
+        assert {"active", "analysis_result_id", "analysisArtifacts", "cancer_type", "collections",
+                "date_updated", "description", "doi", "location", "subject_count",
+                "idc_data_versions"} <= set(r)
+        assert r["active"] is (r["analysis_result_id"] in current)
+        assert "5.0" in r["idc_data_versions"] and "6.0" not in r["idc_data_versions"]
+
+
 def test_manifest_preview_pages_to_the_end(server):
     spec = {"name": "lung", "description": "4D lung CT", "filters": LUNG}
     params = {"SeriesInstanceUID": True, "GCS_URL": "True", "CRDC_Series_GUID": 1, "page_size": 40}
@@ -209,6 +224,9 @@ def test_cohort_lifecycle(server):
     assert q.status_code == 200, q.text
     assert q.json()["cohort_def"]["cohort_id"] == cid
     assert {r["Modality"] for r in q.json()["query_results"]["json"]} == {"CT"}
+    q = requests.post(f"{server.url}/v1/cohorts/query/{cid}", headers=h,
+                      json={"fields": ["Modality"], "filters": {"Modality": ["MR"]}})
+    assert q.status_code == 400 and q.json()["message"] == "Invalid key filters"
 
     assert requests.delete(f"{server.url}/v1/cohorts/{cid}", headers=h).json()["cohorts"] == [
         {"cohort_id": cid, "result": "Cohort deleted"}]
@@ -436,6 +454,28 @@ def test_strings_case_insensitive_like_and_collection_normalisation(server):
     assert _query_sops(server, {"SeriesDescription": ["%AXIAL%"]}) == like
 
 
+def test_long_value_lists_match_as_sets(server):
+    """A cohort by UID list is common (thousands of UIDs): many values go to DuckDB as one
+    list parameter matched as a set, with the same matching rules as a short list."""
+    con = server.commons.catalog.connection()
+    rel = server.commons.catalog.relation(26, "items")
+    rows = con.execute(f"SELECT SOPInstanceUID, SliceThickness FROM {rel} "
+                       "WHERE collection_id='pydicom_samples'").fetchall()
+    sops = sorted(sop for sop, _ in rows)[:5]
+    decoys = [f"1.2.3.{i}" for i in range(3000)]
+    assert _query_sops(server, {"SOPInstanceUID": decoys + sops}) == set(sops)
+    mr = _query_sops(server, {"Modality": ["mr"]})
+    assert mr and _query_sops(server, {"Modality": ["Mr"] + decoys}) == mr
+    thickness = {x for _, x in rows if x is not None}
+    numbers = [float(x) + 1000 for x in range(20)] + [min(thickness)]
+    assert _query_sops(server, {"SliceThickness": numbers}) == {
+        sop for sop, x in rows if x == min(thickness)}
+    compiled = server.commons.compile_state(
+        {"kind": "manifest", "version": 26, "fields": ["GCS_URL"],
+         "filters": {"SeriesInstanceUID": decoys}}, None)
+    assert compiled.sql().count("?") == 1 and compiled.params == [decoys]
+
+
 # ----- errors ------------------------------------------------------------------------------
 def _preview(server, filters, **params):
     return requests.post(f"{server.url}/v1/cohorts/preview/manifest",
@@ -456,6 +496,22 @@ def test_filter_errors(server, filters, status, not_found, fragment):
     assert r.status_code == status
     body = r.json()
     assert body["code"] == status and body["not_found"] == not_found and fragment in body["message"]
+
+
+@pytest.mark.parametrize("label,known", [
+    ("26", "26.0"), ("26.0", "26.0"), ("v26", "26.0"), (" 26.00 ", "26.0"), ("1", "1.0"),
+    ("1_0", None), ("1e1", None), ("\uff12\uff16", None), ("26.5", None), ("0x1a", None),
+    ("-26", None), ("true", None),
+])
+def test_data_version_labels_are_read_strictly(server, label, known):
+    """A version label that is not plainly a version number is unknown, never read as some
+    other version (float() takes "1_0" and "1e1" for 10)."""
+    r = requests.get(f"{server.url}/v1/attributes", params={"idc_data_version": label})
+    if known:
+        assert r.status_code == 200, r.text
+        assert r.json()["idc_data_version"] == known
+    else:
+        assert r.status_code == 400 and r.json()["not_found"] == [label]
 
 
 def test_documented_errors(server):
@@ -630,6 +686,54 @@ def test_202_on_deadline_resumes_the_same_work(demo_archive_dir):
         assert len(calls) == 1  # resubmitting picked up the running query; nothing restarted
 
 
+def _until_done(url: str, first: requests.Response, resubmit) -> requests.Response:
+    """Resubmit a 202's token until the work is done."""
+    r = first
+    for _ in range(600):
+        if r.status_code != 202:
+            return r
+        r = resubmit(r.json()["next_page"])
+    raise AssertionError("the query never finished")
+
+
+def test_a_resumed_202_answers_as_the_request_would_have(demo_archive_dir):
+    """The first page got through a 202's token echoes its cohort and the SQL asked for, as it
+    would have without the wait; a nextPage that waits resumes at its own offset."""
+    archive = Archive(demo_archive_dir, query_deadline_s=0.0)
+    spec = {"name": "slow", "description": "d", "filters": {"Modality": ["CT", "MR"]}}
+    with LiveServer(archive) as live:
+        url = f"{live.url}/v1/cohorts/preview/manifest"
+        r = _until_done(url, requests.post(url, params={"SeriesInstanceUID": 1, "sql": 1,
+                                                        "page_size": 10}, json=spec),
+                        lambda t: requests.post(url, params={"next_page": t, "page_size": 10}))
+        first = r.json()
+        assert r.status_code == 200 and first["cohort"]["name"] == "slow"
+        assert first["cohort"]["filterSet"]["filters"] == spec["filters"]
+        assert "SELECT DISTINCT" in first["cohort"]["sql"]
+
+        # the query's result leaves room for one: the manifest's is evicted, and its second
+        # page runs the manifest's query again, and waits
+        live.commons.results.max_results = 1
+        qurl = f"{live.url}/v1/cohorts/preview/query"
+        r = _until_done(qurl, requests.post(qurl, json={"cohort_def": spec, "fields": ["Modality"]}),
+                        lambda t: requests.post(qurl, params={"next_page": t}))
+        assert r.status_code == 200 and r.json()["cohort_def"]["name"] == "slow"
+        assert r.json()["cohort_def"]["sql"] == ""  # not asked for
+
+        next_url = f"{live.url}/v1/cohorts/manifest/nextPage"
+        r = requests.get(next_url, params={"next_page": first["next_page"], "page_size": 10})
+        assert r.status_code == 202
+        r = _until_done(next_url, r, lambda t: requests.get(next_url, params={"next_page": t,
+                                                                               "page_size": 10}))
+        assert r.status_code == 200 and r.json()["cohort"] == {}
+        second = r.json()["manifest"]["json_manifest"]
+    with LiveServer(Archive(demo_archive_dir)) as live:  # the same pages, with no waiting
+        url = f"{live.url}/v1/cohorts/preview/manifest"
+        page = requests.post(url, params={"SeriesInstanceUID": 1, "page_size": 20}, json=spec)
+        rows = page.json()["manifest"]["json_manifest"]
+        assert first["manifest"]["json_manifest"] == rows[:10] and second == rows[10:]
+
+
 # ----- one slow request holds up no other ---------------------------------------------------
 def held(obj, name: str, monkeypatch) -> tuple[threading.Event, threading.Event]:
     """Make `obj.name` wait for a release before doing its work: (entered, release)."""
@@ -746,6 +850,8 @@ MALFORMED = [
     ("POST", "/v1/cohorts", None, {"name": "x", "filterSet": {"filters": LUNG, "idc_data_version": 25.5}}),
     ("POST", "/v1/cohorts", None, {"name": "x", "filterSet": {"filters": LUNG, "extra": 1}}),
     ("POST", "/v1/cohorts", None, {"name": "x", "filterSet": "v25"}),
+    ("POST", "/v1/cohorts", None, {"name": "x", "filters": LUNG,
+                                   "filterSet": {"filters": {"Modality": ["MR"]}}}),
     ("POST", "/v1/cohorts", None, {"name": "x", "filters": {"Modality'; DROP TABLE cohorts;--": ["CT"]}}),
     ("POST", "/v1/cohorts", None, {"name": "x", "filters": {"SliceThickness_gt": ["1; DELETE FROM users"]}}),
     ("POST", "/v1/cohorts", None, {"name": "x", "filters": {"SliceThickness_btw": ["a", "b"]}}),

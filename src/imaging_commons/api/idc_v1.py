@@ -170,6 +170,13 @@ def json_body(raw: bytes, required: bool = True) -> dict:
     return body
 
 
+def only_keys(body: dict, allowed: set[str], where: str = "") -> None:
+    """A body key the endpoint does not know is a 400 naming it, never silently ignored."""
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(400, f"Invalid key {unknown[0]}{where}")
+
+
 def version_number(request: Request, label: Any) -> int:
     try:
         return request.app.state.commons.catalog.parse_version(label)
@@ -182,10 +189,10 @@ def cohort_definition(request: Request, body: Any) -> dict:
     {name, description, filterSet: {idc_data_version, filters}}."""
     if not isinstance(body, dict):
         raise ApiError(400, "The cohort definition must be a JSON object")
-    unknown = set(body) - {"name", "description", "filters", "filterSet"}
-    if unknown:
-        raise ApiError(400, f"Invalid key {sorted(unknown)[0]} in the cohort definition")
+    only_keys(body, {"name", "description", "filters", "filterSet"}, " in the cohort definition")
     filter_set = body.get("filterSet")
+    if filter_set is not None and "filters" in body:
+        raise ApiError(400, "Give the filters either as filters or in filterSet, not both")
     if filter_set is not None:
         if not isinstance(filter_set, dict) or set(filter_set) - {"filters", "idc_data_version"}:
             raise ApiError(400, "filterSet must be an object with filters and idc_data_version")
@@ -253,8 +260,10 @@ async def on_loop_when_ready(user: User | None, handler: Callable[[], Response])
     return await run_in_threadpool(handler)
 
 
-def run_page(request: Request, state: dict, user: User | None, page_size: int) -> Page | JSONResponse:
-    """One page of a paged request, or the 202 answer when the query outlives the deadline."""
+def run_page(request: Request, state: dict, user: User | None, page_size: int,
+             echo: dict | None) -> Page | JSONResponse:
+    """One page of a paged request, or the 202 answer when the query outlives the deadline.
+    The 202's token carries `echo`, what the first page tells of its request (see resumed)."""
     commons = request.app.state.commons
     may_wait = WAITING_ALLOWED.get()
     try:
@@ -263,7 +272,7 @@ def run_page(request: Request, state: dict, user: User | None, page_size: int) -
     except Pending:
         if not may_wait:
             raise NotMaterialised from None
-        token = commons.tokens.mint({**state, "offset": 0}, caller_key(user))
+        token = commons.tokens.mint({**state, ECHO: echo}, caller_key(user))
         return ok({"message": "The query took longer than the allowed time to complete. Retry "
                               "the query using the next_page token.", "next_page": token}, 202)
     except FilterError as e:
@@ -301,12 +310,22 @@ def query_body(page: Page, token: str | None, key: str, cohort: dict) -> dict:
 
 
 def paged(request: Request, user: User | None, state: dict, page_size: int,
-          shape: Callable[[Page, str | None], dict]) -> JSONResponse:
+          shape: Callable[[Page, str | None], dict], echo: dict | None = None) -> JSONResponse:
     """Run one page of a paged request and shape it; a deadline overrun answers 202."""
-    page = run_page(request, state, user, page_size)
+    page = run_page(request, state, user, page_size, echo)
     if isinstance(page, JSONResponse):
         return page
     return PageResponse(shape(page, next_token(request, page, user)), page.rows_json)
+
+
+ECHO = "first_page"  # in a 202's token: what the first page echoes of the request
+
+
+def resumed(state: dict) -> dict | None:
+    """Take from a token's state the echo a 202's token carries. Resubmitting that token
+    gives the first page the request would have had (its cohort, the SQL if asked), where
+    a nextPage token's pages carry none."""
+    return state.pop(ECHO, None)
 
 
 def continuation(request: Request, user: User | None, params: dict,
@@ -394,6 +413,7 @@ def analysis_results(request: Request):
     commons = request.app.state.commons
     number = version_number(request, params.get("idc_data_version"))
     return ok({"analysisResults": [{
+        "active": r["active"],
         "analysis_result_id": r["analysis_result_id"],
         "analysisArtifacts": r["modalities"],
         "cancer_type": r["cancer_type"],
@@ -508,8 +528,7 @@ def _delete(request: Request, user: User, raw: Any) -> JSONResponse:
 def delete_cohorts(request: Request, user: User = Depends(required_user),
                    raw: bytes = Depends(body_bytes)):
     body = json_body(raw)
-    if set(body) - {"cohorts"}:
-        raise ApiError(400, f"Invalid key {sorted(set(body) - {'cohorts'})[0]}")
+    only_keys(body, {"cohorts"})
     return _delete(request, user, body.get("cohorts"))
 
 
@@ -548,12 +567,22 @@ def manifest_response(request: Request, user: User | None, params: dict, definit
         raise ApiError(400, "Select at least one manifest column, e.g. GCS_URL=True")
     state = {"kind": "manifest", "version": definition["version"],
              "filters": definition["filters"], "fields": fields, "offset": 0}
-    return paged(request, user, state, page_size,
-                 lambda page, token: manifest_body(page, token, with_sql(cohort, want_sql, page)))
+    return first_manifest_page(request, user, state, page_size,
+                               {"cohort": cohort, "sql": want_sql})
+
+
+def first_manifest_page(request: Request, user: User | None, state: dict, page_size: int,
+                        echo: dict):
+    return paged(request, user, state, page_size, lambda page, token: manifest_body(
+        page, token, with_sql(echo["cohort"], echo["sql"], page)), echo)
 
 
 def manifest_next(request: Request, user: User | None, token: str, page_size: int):
-    return paged(request, user, open_token(request, token, user, "manifest"), page_size,
+    state = open_token(request, token, user, "manifest")
+    echo = resumed(state)
+    if echo is not None:
+        return first_manifest_page(request, user, state, page_size, echo)
+    return paged(request, user, state, page_size,
                  lambda page, next_page: manifest_body(page, next_page, {}))
 
 
@@ -611,12 +640,21 @@ def query_response(request: Request, user: User | None, definition: dict, fields
     want_sql = parse_bool("sql", params.get("sql"))
     state = {"kind": "query", "version": definition["version"],
              "filters": definition["filters"], "fields": fields, "offset": 0}
+    return first_query_page(request, user, state, page_size, {"cohort": cohort, "sql": want_sql})
+
+
+def first_query_page(request: Request, user: User | None, state: dict, page_size: int,
+                     echo: dict):
     return paged(request, user, state, page_size, lambda page, token: query_body(
-        page, token, "cohort_def", with_sql(cohort, want_sql, page)))
+        page, token, "cohort_def", with_sql(echo["cohort"], echo["sql"], page)), echo)
 
 
 def query_next(request: Request, user: User | None, token: str, page_size: int):
-    return paged(request, user, open_token(request, token, user, "query"), page_size,
+    state = open_token(request, token, user, "query")
+    echo = resumed(state)
+    if echo is not None:
+        return first_query_page(request, user, state, page_size, echo)
+    return paged(request, user, state, page_size,
                  lambda page, next_page: query_body(page, next_page, "cohort", {}))
 
 
@@ -626,6 +664,7 @@ def _cohort_query(request: Request, cohort_id: int, user: User, raw: bytes):
         return continuation(request, user, params, query_next)
     cohort = saved_cohort(request, user, cohort_id)
     body = json_body(raw, required=False)
+    only_keys(body, {"queryFields", "fields"})
     fields = query_fields(body, request.query_params.getlist("fields"))
     definition = {"version": cohort.version, "filters": cohort.filters}
     fs = filter_set(cohort.filters, cohort.version)
@@ -656,8 +695,7 @@ def preview_query(request: Request, user: User | None = Depends(optional_user),
     if params.get("next_page"):
         return continuation(request, user, params, query_next)
     body = json_body(raw)
-    if set(body) - {"cohort_def", "queryFields", "fields"}:
-        raise ApiError(400, f"Invalid key {sorted(set(body) - {'cohort_def', 'queryFields', 'fields'})[0]}")
+    only_keys(body, {"cohort_def", "queryFields", "fields"})
     definition = cohort_definition(request, body.get("cohort_def"))
     fields = query_fields(body, request.query_params.getlist("fields"))
     filters = normalised_filters(definition["filters"])
@@ -679,12 +717,12 @@ def dicom_metadata_page(request: Request, user: User, state: dict, page_size: in
         body = page_body(page, token, "query_results", "json")
         return {"cohort": {}, **body} if continuation else body
 
-    return paged(request, user, state, page_size, shape)
+    return paged(request, user, state, page_size, shape, None if continuation else {})
 
 
 def dicom_metadata_next(request: Request, user: User, token: str, page_size: int):
-    return dicom_metadata_page(request, user, open_token(request, token, user, "dicomMetadata"),
-                               page_size, True)
+    state = open_token(request, token, user, "dicomMetadata")
+    return dicom_metadata_page(request, user, state, page_size, resumed(state) is None)
 
 
 @route("GET", "/dicomMetadata", "/cohorts/dicomMetadata",

@@ -206,17 +206,16 @@ class Catalog:
         return Version(number, manifest["date_active"], number == state["active"], manifest)
 
     def parse_version(self, label: str | int | None) -> int:
-        """Accept "25", "25.0", "v25" or 25; None means the active version."""
+        """Accept "25", "25.0", "v25" or 25; None means the active version. Nothing looser
+        (float() would read "1_0" or "1e1" as 10: a cohort pinned to a version nobody meant)."""
         if label is None or label == "":
             return self.active_version()
-        text = str(label).strip().lower().removeprefix("v")
-        try:
-            number = float(text)
-        except ValueError:
-            raise CatalogError(f"Unknown data version {label}") from None
-        if not number.is_integer() or int(number) not in self._state()["versions"]:
+        if isinstance(label, bool):
             raise CatalogError(f"Unknown data version {label}")
-        return int(number)
+        m = re.fullmatch(r"v?([0-9]+)(\.0*)?", str(label).strip().lower(), re.ASCII)
+        if m is None or int(m[1]) not in self._state()["versions"]:
+            raise CatalogError(f"Unknown data version {label}")
+        return int(m[1])
 
     def publish_version(self, manifest: dict, number: int | None = None,
                         active: bool = True) -> int:

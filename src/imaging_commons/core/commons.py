@@ -117,12 +117,19 @@ class Commons:
                 if r["collection_id"] not in hidden]
 
     def analysis_results(self, version: int) -> list[dict]:
+        """Analysis results of a version; `active` = in the active version too."""
         if not self.catalog.version(version).manifest.get("analysis_results"):
             return []
+        active = self.catalog.active_version()
+        current = (f"SELECT analysis_result_id FROM "
+                   f"{self.catalog.relation(active, 'analysis_results')}"
+                   if self.catalog.version(active).manifest.get("analysis_results")
+                   else "SELECT NULL AS analysis_result_id")
         con = self.catalog.connection()
         cur = con.execute(f"""
             SELECT * REPLACE (list_filter(idc_data_versions, v -> v <= {version})
-                              AS idc_data_versions)
+                              AS idc_data_versions),
+                   analysis_result_id IN ({current}) AS active
             FROM {self.catalog.relation(version, 'analysis_results')} ORDER BY 1""")
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]

@@ -34,6 +34,11 @@ _RANGE_OPS = {
     "ebtwe": (2, lambda c, p: exp.and_(exp.GTE(this=c, expression=p[0]),
                                        exp.LTE(this=c, expression=p[1]))),
 }
+# Beyond this many values, a value list is passed as one list parameter and matched as a set:
+# DuckDB tests an IN list of parameters value by value, row by row (5,000 UIDs took 16 s over
+# the IDC catalogue, as a set 0.17 s), while a short list is faster as a list (it is pushed
+# into the scan).
+SET_MATCH_VALUES = 8
 _SUFFIX = re.compile(r"^(?P<base>.+?)_(?P<op>" + "|".join(_RANGE_OPS) + r")$", re.IGNORECASE)
 
 
@@ -104,6 +109,14 @@ def attributes(catalog: Catalog, version: int) -> dict[str, Attribute]:
     return out
 
 
+def is_in(this: exp.Expression, values: list, params: _Params) -> exp.Expression:
+    """`this IN values`, as a list of placeholders or, for many values, one list parameter."""
+    if len(values) <= SET_MATCH_VALUES:
+        return exp.In(this=this, expressions=[params.add(v) for v in values])
+    members = exp.select(exp.Unnest(expressions=[params.add(list(values))]))
+    return exp.In(this=this, query=exp.Subquery(this=members))
+
+
 def _resolve(name: str, attrs: dict[str, Attribute]) -> tuple[Attribute, str | None] | None:
     """Find the attribute a filter key names, with its range suffix if any (case-insensitive)."""
     lower = {k.lower(): a for k, a in attrs.items()}
@@ -145,8 +158,7 @@ def _condition(key: str, attr: Attribute, op: str | None, values: list, column: 
         terms.append(exp.Is(this=column.copy(), expression=exp.Null()))
     if attr.data_type == CONTINUOUS_NUMERIC:
         if rest:
-            terms.append(exp.In(this=column.copy(),
-                                expressions=[params.add(_number(key, v)) for v in rest]))
+            terms.append(is_in(column.copy(), [_number(key, v) for v in rest], params))
     else:
         for v in rest:
             if isinstance(v, (dict, list)):
@@ -158,7 +170,7 @@ def _condition(key: str, attr: Attribute, op: str | None, values: list, column: 
         if len(strings) == 1 and "%" in strings[0]:
             terms.append(exp.Like(this=text, expression=params.add(strings[0].lower())))
         elif strings:
-            terms.append(exp.In(this=text, expressions=[params.add(s.lower()) for s in strings]))
+            terms.append(is_in(text, [s.lower() for s in strings], params))
     if not terms:
         raise FilterError(f"Filter {key} has no values")
     return exp.or_(*terms) if len(terms) > 1 else terms[0]
@@ -187,9 +199,8 @@ def where_clause(catalog: Catalog, version: int, filters: dict, hidden: frozense
             conditions.append(exp.In(this=col("PatientID", item_alias),
                                      query=exp.Subquery(this=inner)))
     if hidden:
-        conditions.append(exp.Not(this=exp.In(
-            this=col("collection_id", item_alias),
-            expressions=[params.add(c) for c in sorted(hidden)])))
+        conditions.append(exp.Not(this=is_in(col("collection_id", item_alias), sorted(hidden),
+                                             params)))
     return exp.and_(*conditions) if conditions else None
 
 
