@@ -302,6 +302,9 @@ def test_collection_descriptions_licenses_species_tax(api):
     by_short = {item["shortName"]: item for item in licenses}
     assert lung["licenseId"] == by_short["CC BY 3.0"]["id"]
     assert by_short["CC BY-NC 4.0"]["commercialUse"] == "NO"
+    # described as most collections describe it (one IDC collection's says CC BY 3.0)
+    assert by_short["CC BY-NC 3.0"]["licenseURL"] == "https://creativecommons.org/licenses/by-nc/3.0/"
+    assert "NonCommercial" in by_short["CC BY-NC 3.0"]["longName"]
     assert set(by_short["CC BY 4.0"]["license"]) == {"id", "longName", "shortName", "url",
                                                      "commercialUse", "licenseText"}
     taxonomy = requests.get(f"{api}/getSpeciesTax").json()
@@ -564,6 +567,7 @@ def test_shared_list_duplicate_name_changes_nothing(api, server):
                                                                  "https://myurl.com")
     (study,) = requests.post(f"{api}/getCartData", data={"list": name}).json()
     assert [s["seriesUID"] for s in study["seriesList"]] == [SEED_SERIES]
+    assert study["date"] == "1997-09-15"  # a date, where the drill-downs give epoch millis
     assert requests.post(f"{api}/getCartData", data={"list": f"nbia-{name}"}).json() == [study]
 
 
@@ -645,6 +649,10 @@ def test_version_date_styles_and_authorized(api):
     assert v1["SeriesNumber"] == 500 and v1["ThirdPartyAnalysis"] == "NO"
     metadata = requests.get(f"{api}/v1/getSeriesMetaData?SeriesInstanceUID={SEED_SERIES}").json()
     assert metadata[0]["Series UID"] == SEED_SERIES and "File Location" not in metadata[0]
+    # all text, as NBIA's (the Go Data Retriever ports read these into string fields)
+    assert all(isinstance(v, str) for v in metadata[0].values())
+    assert metadata[0]["Number of Images"] == str(v1["ImageCount"]) and \
+        metadata[0]["File Size"] == str(v1["FileSize"])
 
 
 def test_v4_refuses_unknown_parameters(api):

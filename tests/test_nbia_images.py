@@ -187,6 +187,10 @@ def test_tcia_utils_get_dicom_tags(tcia, server):
     rows = tags.set_index("element")
     assert rows.loc["(0028,0010)", "name"] == "Rows" and rows.loc["(0028,0010)", "data"] == "128"
     assert rows.loc["(0008,0018)", "data"] == ct["SOPInstanceUID"]
+    private = [e for e in pydicom.dcmread(ct["path"]) if e.tag.is_private]
+    assert private, "the sample must hold private elements"
+    for e in private:  # nameless, as NBIA lists them (the guide's GEMS elements)
+        assert rows.loc[f"({e.tag.group:04X},{e.tag.element:04X})", "name"] == ""
 
 
 def test_tcia_utils_finds_the_series_an_rtstruct_references(tcia, server):
@@ -252,6 +256,7 @@ def test_license_entry_carries_the_collections_license(restricted):
     archive = open_zip(call(live, "v4/getImage", token=token,
                             SeriesInstanceUID=secret[0]["SeriesInstanceUID"]))
     text = archive.read("LICENSE").decode()
+    assert text.startswith(f"Collection: {SECRET}\n")  # its name, as the API shows it
     assert f"{LICENSE['license_long_name']} ({LICENSE['license_short_name']})" in text
     assert LICENSE["license_url"] in text
 
@@ -307,7 +312,8 @@ def test_thumbnail_of_an_object_without_pixels_is_a_client_error(server):
     report = stored_sample(server, "test-SR.dcm")
     response = call(server, "getThumbnail", "POST", seriesUID=report["SeriesInstanceUID"],
                     objectUID=report["SOPInstanceUID"])
-    assert response.status_code == 400 and "cannot render" in response.text
+    assert response.status_code == 400 and "has no image to show" in response.text
+    assert report["SOPInstanceUID"] in response.text and ".dcm" not in response.text
 
 
 def test_dicom_tags_of_a_series_come_from_its_first_image(server, big_series):

@@ -17,6 +17,7 @@ import itertools
 import json
 import re
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated
@@ -348,6 +349,12 @@ def _series_number(record: dict, wire: Wire):
     return int(text) if text and text.isdigit() and len(text) < 10 else text
 
 
+def _field_as_text(key: str) -> Callable[[dict, Wire], object]:
+    """A number NBIA writes as text: its series metadata is a table of strings, which clients
+    (the Go ports of the Data Retriever) read into string fields."""
+    return lambda r, w: None if r.get(key) is None else str(r[key])
+
+
 def _collection_fact(fact: Callable) -> Callable[[dict, Wire], object]:
     def value(record: dict, wire: Wire):
         info = wire.scope.collection(record.get("collection_id"))
@@ -378,9 +385,8 @@ _SAME_FIELD = (
     (("PatientAge", "Patient Age"), "PatientAge"),
     (("EthnicGroup", "Ethnic Group"), "EthnicGroup"),
     (("SOP Class UID",), "SOPClassUID"),
-    (("ImageCount", "Image Count", "Number of Images", "Number of images", "ObjectCount"),
-     "image_count"),
-    (("FileSize", "File Size", "File Size (Bytes)", "TotalSizeInBytes"), "size_bytes"),
+    (("ImageCount", "Image Count", "ObjectCount"), "image_count"),
+    (("FileSize", "TotalSizeInBytes"), "size_bytes"),
     (("LicenseURI", "License URI", "License URL"), "license_url"),
     (("SeriesCount",), "series_count"),
     (("SOPInstanceUID",), "SOPInstanceUID"),
@@ -394,6 +400,8 @@ VALUES: dict[str, Callable[[dict, Wire], object]] = {
     **dict.fromkeys(("DateReleased", "Date Released"), lambda r, w: w.date(_released(r, w))),
     **dict.fromkeys(("TimeStamp", "MaxSubmissionTimestamp", "Max Submission Timestamp"),
                     lambda r, w: w.timestamp(_released(r, w))),
+    **dict.fromkeys(("Number of Images", "Number of images"), _field_as_text("image_count")),
+    **dict.fromkeys(("File Size", "File Size (Bytes)"), _field_as_text("size_bytes")),
     "SeriesNumber": _series_number,
     "Series Number": _field("SeriesNumber"),
     **dict.fromkeys(("LicenseName", "License Name"),
@@ -558,9 +566,12 @@ def study_identifiers(patient: PatientResult) -> list[dict]:
              "studyIdentifier": stable_pk(s.study_uid)} for s in patient.studies]
 
 
-def drill_down_json(studies: list[DrillDownStudy], wire: Wire) -> list[dict]:
-    """The portal's drill-down to studies: each study with the asked-for series."""
-    return [{"studyId": s.study_uid, "date": epoch_millis(s.study_date),
+def drill_down_json(studies: list[DrillDownStudy], wire: Wire,
+                    study_date: Callable[[str | None], object] = epoch_millis) -> list[dict]:
+    """The portal's drill-down to studies: each study with the asked-for series. The
+    drill-downs date a study in epoch milliseconds, the cart in YYYY-MM-DD (the guide's
+    examples)."""
+    return [{"studyId": s.study_uid, "date": study_date(s.study_date),
              "description": s.description, "id": stable_pk(s.study_uid), "study_id": None,
              "excludeCommercial": None,
              "seriesList": [drill_down_series(r, wire) for r in s.series]} for s in studies]
@@ -662,19 +673,22 @@ def collection_descriptions(scope: CallerScope,
 
 @serve("getLicenses", *ADVANCED)
 def licenses(scope: CallerScope) -> Response:
-    """The data licenses of the collections"""
-    known = {c.license_short_name: c for c in scope.visible_collections() if c.license_short_name}
+    """The data licenses of the collections. A short name is described as most collections
+    describe it: IDC's catalogue has a collection whose "CC BY-NC 3.0" says CC BY 3.0."""
+    described: dict[str, Counter] = defaultdict(Counter)
+    for c in scope.visible_collections():
+        if c.license_short_name:
+            described[c.license_short_name][(c.license_long_name, c.license_url)] += 1
     out = []
-    for short, c in sorted(known.items()):
+    for short in sorted(described):
+        (long_name, url), _ = described[short].most_common(1)[0]
         commercial = "NO" if "NC" in short.upper() else "YES"
-        text = c.license_url or c.license_long_name
+        text = url or long_name
         license_id = stable_pk(short)
-        out.append({"longName": c.license_long_name, "id": license_id, "shortName": short,
-                    "licenseURL": c.license_url, "licenseText": text,
-                    "commercialUse": commercial,
-                    "license": {"id": license_id, "longName": c.license_long_name,
-                                "shortName": short, "url": c.license_url,
-                                "commercialUse": commercial, "licenseText": text}})
+        out.append({"longName": long_name, "id": license_id, "shortName": short,
+                    "licenseURL": url, "licenseText": text, "commercialUse": commercial,
+                    "license": {"id": license_id, "longName": long_name, "shortName": short,
+                                "url": url, "commercialUse": commercial, "licenseText": text}})
     return JSONResponse(out)
 
 
@@ -911,7 +925,8 @@ def cart_data(request: Request, scope: CallerScope, search: Search,
     if not uids:
         return JSONResponse([])
     studies = search.drill_down(scope, Criteria(series_uids=uids))
-    return JSONResponse(drill_down_json(studies, Wire(api_version(request), scope)))
+    return JSONResponse(drill_down_json(studies, Wire(api_version(request), scope),
+                                        study_date=lambda iso: iso))
 
 
 # ----- versioned public API ------------------------------------------------------------------

@@ -46,8 +46,6 @@ def answering_about(name: str, value: str) -> Iterator[None]:
                             f"issue.") from None
     except downloads.NotFound as exc:
         raise ApiError(404, str(exc)) from None
-    except ImageUnavailable as exc:
-        raise ApiError(400, str(exc)) from None
 
 
 def new_file_names(count: int) -> list[str]:
@@ -156,10 +154,14 @@ def get_thumbnail(request: Request, user: User = Depends(nbia_user),
     """A JPEG of an image's first frame, windowed, longest side at most 512 pixels.
 
     An object without displayable pixels (a report, a plan) is a 400, as on NBIA."""
-    series_uid = params.required("seriesUID")
-    instance = series_instance(request, user, series_uid, params.required("objectUID"))
-    with answering_about("SeriesInstanceUID", series_uid):
+    series_uid, object_uid = params.required("seriesUID"), params.required("objectUID")
+    instance = series_instance(request, user, series_uid, object_uid)
+    try:
         return Response(render_thumbnail(instance.path), media_type="image/jpeg")
+    except ImageUnavailable:  # its message names the stored file: not the caller's business
+        raise ApiError(400, f"The object {object_uid} of series {series_uid} has no image "
+                            "to show: no pixel data, or pixel data this server cannot "
+                            "decode.") from None
 
 
 @serve("getDicomTags", "", "v4")

@@ -206,12 +206,14 @@ def _explain_absence(view: _View, condition: str, params: list, described: str) 
 
 
 def _license_text(view: _View, collection_id: str, item_license: str | None) -> str:
-    """The LICENSE entry of a download: the collection's licence as the catalogue records it."""
-    rows = view.execute(f"SELECT license_short_name, license_long_name, license_url FROM "
-                        f"{view.relation('collections')} WHERE collection_id = ?", [collection_id])
-    short, long_name, url = rows[0] if rows else (None, None, None)
+    """The LICENSE entry of a download: the collection's licence as the catalogue records it,
+    under the collection's name as the API shows it."""
+    rows = view.execute(f"SELECT collection_name, license_short_name, license_long_name, "
+                        f"license_url FROM {view.relation('collections')} "
+                        f"WHERE collection_id = ?", [collection_id])
+    name, short, long_name, url = rows[0] if rows else (None, None, None, None)
     short = short or item_license
-    lines = [f"Collection: {collection_id}"]
+    lines = [f"Collection: {name or collection_id}"]
     if not (short or long_name or url):
         lines.append("No license is recorded for this collection: ask the archive's "
                      "administrators before sharing or reusing these files.")

@@ -115,7 +115,8 @@ def _rows(ds: Dataset, depth: int) -> Iterator[dict]:
     for elem in ds:
         yield {
             "element": f"({elem.tag.group:04X},{elem.tag.element:04X})",
-            "name": elem.name,
+            # NBIA names public elements only (the guide's private GEMS elements have "")
+            "name": "" if elem.tag.is_private else elem.name,
             "data": "" if elem.VR == "SQ" else _text(elem),
             "vr": elem.VR,
             "depth": depth,
