@@ -301,12 +301,15 @@ def page_body(page: Page, token: str | None, section: str, rows_key: str) -> dic
             "next_page": token}
 
 
-def manifest_body(page: Page, token: str | None, cohort: dict) -> dict:
-    return {"cohort": cohort, **page_body(page, token, "manifest", "json_manifest")}
+def manifest_body(page: Page, token: str | None, cohort: dict | None) -> dict:
+    """A manifest page; a continuation (cohort None) carries `"cohort": {}`."""
+    return {"cohort": cohort or {}, **page_body(page, token, "manifest", "json_manifest")}
 
 
-def query_body(page: Page, token: str | None, key: str, cohort: dict) -> dict:
-    return {key: cohort, **page_body(page, token, "query_results", "json")}
+def query_body(page: Page, token: str | None, cohort: dict | None) -> dict:
+    """A query page: the first echoes its `cohort_def`, a continuation carries `"cohort": {}`."""
+    key = "cohort" if cohort is None else "cohort_def"
+    return {key: cohort or {}, **page_body(page, token, "query_results", "json")}
 
 
 def paged(request: Request, user: User | None, state: dict, page_size: int,
@@ -326,6 +329,24 @@ def resumed(state: dict) -> dict | None:
     gives the first page the request would have had (its cohort, the SQL if asked), where
     a nextPage token's pages carry none."""
     return state.pop(ECHO, None)
+
+
+Shape = Callable[[Page, str | None, dict | None], dict]
+
+
+def cohort_page(request: Request, user: User | None, state: dict, page_size: int,
+                echo: dict | None, body: Shape) -> JSONResponse:
+    """A page of a manifest or query: the first (an echo given) echoes its cohort, with the
+    SQL if it was asked for; a continuation echoes none."""
+    return paged(request, user, state, page_size, lambda page, token: body(
+        page, token, echo and with_sql(echo["cohort"], echo["sql"], page)), echo)
+
+
+def by_token(request: Request, user: User | None, token: str, page_size: int, kind: str,
+             body: Shape) -> JSONResponse:
+    """The page a token stands for: the next page, or the first page a 202 put off."""
+    state = open_token(request, token, user, kind)
+    return cohort_page(request, user, state, page_size, resumed(state), body)
 
 
 def continuation(request: Request, user: User | None, params: dict,
@@ -567,23 +588,12 @@ def manifest_response(request: Request, user: User | None, params: dict, definit
         raise ApiError(400, "Select at least one manifest column, e.g. GCS_URL=True")
     state = {"kind": "manifest", "version": definition["version"],
              "filters": definition["filters"], "fields": fields, "offset": 0}
-    return first_manifest_page(request, user, state, page_size,
-                               {"cohort": cohort, "sql": want_sql})
-
-
-def first_manifest_page(request: Request, user: User | None, state: dict, page_size: int,
-                        echo: dict):
-    return paged(request, user, state, page_size, lambda page, token: manifest_body(
-        page, token, with_sql(echo["cohort"], echo["sql"], page)), echo)
+    return cohort_page(request, user, state, page_size, {"cohort": cohort, "sql": want_sql},
+                       manifest_body)
 
 
 def manifest_next(request: Request, user: User | None, token: str, page_size: int):
-    state = open_token(request, token, user, "manifest")
-    echo = resumed(state)
-    if echo is not None:
-        return first_manifest_page(request, user, state, page_size, echo)
-    return paged(request, user, state, page_size,
-                 lambda page, next_page: manifest_body(page, next_page, {}))
+    return by_token(request, user, token, page_size, "manifest", manifest_body)
 
 
 @route("GET", "/cohorts/manifest/{cohort_id:int}", "/cohorts/{cohort_id:int}/manifest",
@@ -640,22 +650,12 @@ def query_response(request: Request, user: User | None, definition: dict, fields
     want_sql = parse_bool("sql", params.get("sql"))
     state = {"kind": "query", "version": definition["version"],
              "filters": definition["filters"], "fields": fields, "offset": 0}
-    return first_query_page(request, user, state, page_size, {"cohort": cohort, "sql": want_sql})
-
-
-def first_query_page(request: Request, user: User | None, state: dict, page_size: int,
-                     echo: dict):
-    return paged(request, user, state, page_size, lambda page, token: query_body(
-        page, token, "cohort_def", with_sql(echo["cohort"], echo["sql"], page)), echo)
+    return cohort_page(request, user, state, page_size, {"cohort": cohort, "sql": want_sql},
+                       query_body)
 
 
 def query_next(request: Request, user: User | None, token: str, page_size: int):
-    state = open_token(request, token, user, "query")
-    echo = resumed(state)
-    if echo is not None:
-        return first_query_page(request, user, state, page_size, echo)
-    return paged(request, user, state, page_size,
-                 lambda page, next_page: query_body(page, next_page, "cohort", {}))
+    return by_token(request, user, token, page_size, "query", query_body)
 
 
 def _cohort_query(request: Request, cohort_id: int, user: User, raw: bytes):
