@@ -9,6 +9,7 @@ import requests
 from conftest import LiveServer
 from imaging_commons.core.commons import Commons
 from imaging_commons.core.ingest import publish, stage_clinical
+from imaging_commons.core.query import col, compile_select
 
 
 def test_compiled_query_is_portable_and_parameterised(small_archive):
@@ -26,6 +27,18 @@ def test_compiled_query_is_portable_and_parameterised(small_archive):
     rows = commons.page({"kind": "manifest", "version": 1, "fields": ["GCS_URL"], "offset": 0,
                          "filters": {"Modality": [hostile]}}, None, 10, None)
     assert rows.total == 0
+
+
+@pytest.mark.parametrize("hide_samples", [True, False])
+def test_many_hidden_collections_are_all_left_out(small_archive, hide_samples):
+    """Collections hidden from a caller are excluded as a set once there are many of them."""
+    commons = Commons(small_archive)
+    hidden = {f"secret_{i}" for i in range(12)} | ({"pydicom_samples"} if hide_samples else set())
+    compiled = compile_select(commons.catalog, 1, {}, [("GCS_URL", col("gcs_url"))],
+                              frozenset(hidden))
+    assert compiled.sql().count("?") == 1
+    rows = commons.catalog.connection().execute(compiled.sql(), compiled.params).fetchall()
+    assert (len(rows) == 0) is hide_samples
 
 
 @pytest.fixture
@@ -57,6 +70,10 @@ def test_clinical_attributes_filter_per_patient(clinical_server):
     assert patients_for({"race": ["Asian"]}) == {(patients[0], "ASIAN"), (patients[2], "asian")}
     assert patients_for({"race": ["ASIAN"], "age_at_diagnosis_gte": [50]}) == {
         (patients[2], "asian")}
+    many = [f"race-{i}" for i in range(20)]  # matched as a set, with the same rules
+    assert patients_for({"race": many + ["Asian"]}) == patients_for({"race": ["Asian"]})
+    assert patients_for({"age_at_diagnosis": [float(a) for a in range(100, 120)] + [61]}) == {
+        (patients[1], "WHITE")}
     attrs = requests.get(f"{live.url}/v1/attributes",
                          params={"data_source": "clinical.trial_clinical"}).json()
     names = {a["name"]: a["data_type"] for s in attrs["data_sources"] for a in s["attributes"]}
