@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from argon2 import PasswordHasher
+from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
 from conftest import postgres_schema_url
@@ -14,6 +15,7 @@ from conftest import postgres_schema_url
 from imaging_commons.core.accounts import (COHORT_DELETED, COHORT_NOT_FOUND, COHORT_NOT_OWNER,
                                            OWNER, READER, AccountError, Accounts, Forbidden,
                                            InvalidToken, NotFound)
+from imaging_commons.core.paging import InvalidPageToken, PageTokens, StateElsewhere
 
 
 
@@ -358,3 +360,36 @@ def test_names_the_columns_cannot_hold_are_refused(accounts, name):
         accounts.create_shared_list(owner, name, None, None, ["1.2.3"])
     assert accounts.list_cohorts(owner) == [] and accounts.get_shared_list(name) is None
     assert accounts.get_user(name) is None and accounts.authenticate(name, "pw") is None
+
+
+# -- paging states -------------------------------------------------------------------------
+
+def test_large_paging_states_travel_by_reference(accounts, database_url, clock):
+    """A state of thousands of UIDs is stored once under its hash; its tokens stay short, open
+    in another process (a fresh PageTokens on the same database) and stay bound to the caller;
+    a state no token names for longer than tokens live is dropped."""
+    uids = [f"1.2.840.10008.{i}" for i in range(5000)]
+    state = {"kind": "manifest", "version": 3, "filters": {"SeriesInstanceUID": uids},
+             "fields": ["GCS_URL"], "offset": 0}
+    secret = Fernet.generate_key()
+    tokens = PageTokens(secret, accounts, ttl_s=3600)
+    small = {**state, "filters": {"Modality": ["CT"]}}
+    assert tokens.open(tokens.mint(small, "alice"), "alice") == small
+    assert _query(database_url, "SELECT count(*) FROM page_states") == [(0,)]  # in the token
+
+    first, second = tokens.mint(state, "alice"), tokens.mint({**state, "offset": 500}, "alice")
+    assert len(first) < 400 and len(second) < 400
+    assert _query(database_url, "SELECT count(*) FROM page_states") == [(1,)]  # one per state
+    elsewhere = PageTokens(secret, accounts, ttl_s=3600)
+    with pytest.raises(StateElsewhere):  # not read yet, and not allowed to wait for it
+        elsewhere.open(second, "alice", may_wait=False)
+    assert elsewhere.open(second, "alice") == {**state, "offset": 500}
+    assert elsewhere.open(first, "alice", may_wait=False) == state  # read once, remembered
+    with pytest.raises(InvalidPageToken):
+        tokens.open(first, "bob")
+
+    clock.advance(3600 + 2 * 24 * 3600)  # unused past a token's life (and a day's margin)
+    accounts.keep_page_state("0" * 64, "{}", 3600 + 24 * 3600)  # any write purges
+    assert _query(database_url, "SELECT key FROM page_states") == [("0" * 64,)]
+    with pytest.raises(InvalidPageToken):  # a process that never read it asks the store
+        PageTokens(secret, accounts, ttl_s=3600).open(first, "alice")

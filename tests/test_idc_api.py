@@ -579,6 +579,35 @@ def test_page_tokens_are_tamper_proof_and_bound_to_the_caller(server):
     assert r.status_code == 400
 
 
+def test_a_cohort_of_thousands_of_uids_pages_with_short_tokens(server):
+    """Tokens name a large filter by reference: with the filters inline, 20,000 UIDs made
+    tokens of 1.7 MB, past what a request line may hold."""
+    uids = [r[0] for r in duckdb.sql(
+        f"SELECT SeriesInstanceUID FROM '{IDC_DIR / 'idc_index.parquet'}' "
+        "ORDER BY crdc_series_uuid LIMIT 3000").fetchall()]
+    spec = {"name": "by uid", "filters": {"SeriesInstanceUID": uids}}
+    a = auth(server.user_token("uid_owner"))
+    for headers in ({}, a):  # anonymous (nextPage on the event loop when it can) and a user
+        first = requests.post(f"{server.url}/v1/cohorts/preview/manifest", headers=headers,
+                              params={"SeriesInstanceUID": 1, "page_size": 700}, json=spec)
+        assert first.status_code == 200, first.text
+        token, got = first.json()["next_page"], first.json()["manifest"]["json_manifest"]
+        while token:
+            assert len(token) < 500
+            r = requests.get(f"{server.url}/v1/cohorts/manifest/nextPage", headers=headers,
+                             params={"next_page": token, "page_size": 700})
+            assert r.status_code == 200, r.text
+            got += r.json()["manifest"]["json_manifest"]
+            token = r.json()["next_page"]
+        assert [row["SeriesInstanceUID"] for row in got] == sorted(uids)
+    r = requests.get(f"{server.url}/v1/cohorts/manifest/nextPage", headers=a,
+                     params={"next_page": first.json()["next_page"]})
+    assert r.status_code == 200
+    r = requests.get(f"{server.url}/v1/cohorts/manifest/nextPage",  # bound to its caller
+                     params={"next_page": first.json()["next_page"]})
+    assert r.status_code == 400 and r.json()["message"] == "Invalid next_page token"
+
+
 def test_trailing_slash_variants(server):
     for path in ("/v1/about", "/v1/versions", "/v1/collections", "/v1/analysis_results"):
         assert requests.get(server.url + path + "/").status_code == 200

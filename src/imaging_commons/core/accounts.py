@@ -1,5 +1,6 @@
 """Accounts shared by the IDC-API and NBIA-REST front ends: users, bearer tokens, collection
-grants, saved cohorts and shared carts, in one transactional store (SQLite or PostgreSQL).
+grants, saved cohorts, shared carts and the paging states too large for a next_page token, in
+one transactional store (SQLite or PostgreSQL).
 
 Every method opens its own short transaction and returns frozen dataclasses, so callers never
 hold ORM objects (or a session) across requests."""
@@ -175,6 +176,15 @@ class _SharedListRow(_Base):
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created: Mapped[datetime]
     owner: Mapped[_UserRow | None] = relationship(lazy="joined")
+
+
+class _PageStateRow(_Base):
+    """A paging state too large to travel in its next_page token (a filter of thousands of
+    UIDs): the token names it by its content hash instead."""
+    __tablename__ = "page_states"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(Text)
+    used: Mapped[datetime] = mapped_column(index=True)  # when a token last named it
 
 
 def _utcnow() -> datetime:
@@ -495,6 +505,29 @@ class Accounts:
         with self._session.begin() as s:
             row = s.scalar(select(_SharedListRow).where(_SharedListRow.name == name))
             return _shared_list(row) if row else None
+
+    # -- paging states ---------------------------------------------------------------------
+
+    def keep_page_state(self, key: str, state: str, keep_s: int) -> None:
+        """Store a state under its content hash `key` (or mark it used again), and drop the
+        states no token has named for `keep_s` seconds."""
+        now = self._clock()
+        try:
+            with self._session.begin() as s:
+                s.execute(delete(_PageStateRow).where(
+                    _PageStateRow.used < now - timedelta(seconds=keep_s)))
+                row = s.get(_PageStateRow, key)
+                if row is None:
+                    s.add(_PageStateRow(key=key, state=state, used=now))
+                else:
+                    row.used = now
+        except IntegrityError:
+            pass  # another process stored the same state (same key, same text) meanwhile
+
+    def page_state(self, key: str) -> str | None:
+        with self._session.begin() as s:
+            row = s.get(_PageStateRow, key)
+            return row.state if row else None
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

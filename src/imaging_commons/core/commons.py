@@ -83,7 +83,7 @@ class Commons:
 
     @cached_property
     def tokens(self) -> PageTokens:
-        return PageTokens(self.archive.secret())
+        return PageTokens(self.archive.secret(), self.accounts)
 
     # ----- visibility ---------------------------------------------------------------------
     def hidden_collections(self, user: User | None, version: int) -> frozenset[str]:
