@@ -385,6 +385,10 @@ def test_large_paging_states_travel_by_reference(accounts, database_url, clock):
         elsewhere.open(second, "alice", may_wait=False)
     assert elsewhere.open(second, "alice") == {**state, "offset": 500}
     assert elsewhere.open(first, "alice", may_wait=False) == state  # read once, remembered
+    with pytest.raises(StateElsewhere):  # this process has not marked it used today
+        elsewhere.mint({**state, "offset": 1000}, "alice", may_wait=False)
+    third = elsewhere.mint({**state, "offset": 1000}, "alice")
+    assert elsewhere.mint(state, "alice", may_wait=False) and len(third) < 400
     with pytest.raises(InvalidPageToken):
         tokens.open(first, "bob")
 

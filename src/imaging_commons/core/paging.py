@@ -25,7 +25,8 @@ class InvalidPageToken(Exception):
 
 
 class StateElsewhere(Exception):
-    """The token's state is in the store, and the caller may not wait for it to be read."""
+    """The token's state is to be read from the store or written to it, and the caller may
+    not wait for that."""
 
 
 class StateStore(Protocol):
@@ -42,17 +43,23 @@ class PageTokens:
         self._states = RecentlyUsed(STATES_KEPT)  # key -> state text, read or written here
         self._written = RecentlyUsed(STATES_KEPT)  # key@day: stored (or marked used) that day
 
-    def mint(self, state: dict, caller: str | None) -> str:
+    def mint(self, state: dict, caller: str | None, may_wait: bool = True) -> str:
+        """A token for `state`. Raises StateElsewhere when the state must be written to the
+        store (not yet written today by this process) and `may_wait` is false."""
         rest = {k: v for k, v in state.items() if k != "offset"}
         text = json.dumps(rest, sort_keys=True, separators=(",", ":"))
         if len(text) <= INLINE_STATE_BYTES:
             payload = {"s": state, "u": caller}
         else:
             key = hashlib.sha256(text.encode()).hexdigest()
+            def write() -> None:
+                if not may_wait:
+                    raise StateElsewhere(key)
+                self._store.keep_page_state(key, text, self._ttl + 24 * 3600)
+
             # written once a day at most: the store keeps a state while a token naming it
             # may be alive
-            self._written.get(f"{key}@{date.today()}", lambda: self._store.keep_page_state(
-                key, text, self._ttl + 24 * 3600))
+            self._written.get(f"{key}@{date.today()}", write)
             self._states.get(key, lambda: text)
             payload = {"r": key, "o": state.get("offset"), "u": caller}
         return self._fernet.encrypt(json.dumps(payload).encode()).decode()
