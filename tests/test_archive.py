@@ -89,7 +89,7 @@ def row_of(commons: Commons, version: int, sop_uid: str) -> dict:
 
 def page_rows(commons: Commons, state: dict, user) -> list[dict]:
     """The rows of a paged request's first page, as a client reads them."""
-    return orjson.loads(b"".join(commons.page(state, user, 100, None).rows_json))
+    return orjson.loads(b"".join(commons.page(state, user, 100, None).rows_json()))
 
 
 def published_counts(archive: Archive) -> dict[int, int]:

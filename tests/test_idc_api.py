@@ -19,7 +19,7 @@ from imaging_commons.api.idc_v1 import PageResponse
 from imaging_commons.config import Archive
 from imaging_commons.core.commons import Commons
 from imaging_commons.core.ingest import ingest, publish
-from imaging_commons.core.results import BATCH_ROWS
+from imaging_commons.core.results import BATCH_ROWS, Result
 
 IDC_DIR = idc_index_data.IDC_INDEX_PARQUET_FILEPATH.parent
 LUNG = {"collection_id": ["4D-Lung"], "Modality": ["CT"]}
@@ -137,11 +137,17 @@ def test_manifest_preview_pages_to_the_end(server):
 
 def test_a_page_larger_than_a_write_slice_arrives_whole_and_in_order(server):
     """Pages are written in 1 MB slices straight from the result's buffer: a page of several
-    slices (and of several of the result's Arrow batches) must be the query's rows, in order."""
+    slices (and of several of the result's Arrow batches) must be the query's rows, in order.
+    The first request writes them as they arrive (chunked, its length unknown); the same page
+    of the complete result is the same bytes up to its token (tokens differ), with a length."""
     params = {"SeriesInstanceUID": True, "GCS_URL": True, "page_size": 40000}
-    r = requests.post(f"{server.url}/v1/cohorts/preview/manifest", params=params,
-                      json={"name": "mr", "filters": {"Modality": ["MR"]}})
-    assert r.status_code == 200, r.text
+    first, r = (requests.post(f"{server.url}/v1/cohorts/preview/manifest", params=params,
+                              json={"name": "mr", "filters": {"Modality": ["MR"]}})
+                for _ in range(2))
+    assert first.status_code == r.status_code == 200, r.text
+    assert first.headers["transfer-encoding"] == "chunked"
+    before_token = r.content.rindex(b'"next_page":"')
+    assert first.content[:before_token] == r.content[:before_token]
     assert int(r.headers["content-length"]) == len(r.content) > 3 * PageResponse.slice_bytes
     manifest = r.json()["manifest"]
     catalog = server.commons.catalog
@@ -152,6 +158,61 @@ def test_a_page_larger_than_a_write_slice_arrives_whole_and_in_order(server):
     assert manifest["rowsReturned"] == len(manifest["json_manifest"]) == 40000 > BATCH_ROWS
     assert [tuple(row.items()) for row in manifest["json_manifest"]] == [
         (("GCS_URL", url), ("SeriesInstanceUID", uid)) for url, uid in expected]
+
+
+def new_mr_page(test: str) -> tuple[dict, dict]:
+    """A page of 40,000 MR rows from a query no other test ran (a value matching nothing
+    makes it new): its result is made by this test's request."""
+    return ({"SeriesInstanceUID": True, "GCS_URL": True, "page_size": 40000},
+            {"name": "mr", "filters": {"Modality": ["MR", f"not-a-modality-{test}"]}})
+
+
+def test_the_first_page_of_a_new_query_is_written_while_its_result_is_being_made(
+        server, monkeypatch):
+    """The client reads a new query's rows before the result is complete; the counts and the
+    token after them wait for it, and the body is the page the complete result gives."""
+    _, release = held(Result, "finish", monkeypatch)  # no result completes till released
+    params, spec = new_mr_page("written-while-made")
+    with requests.post(f"{server.url}/v1/cohorts/preview/manifest", params=params, json=spec,
+                       stream=True, timeout=30) as r:
+        assert r.status_code == 200 and r.headers["transfer-encoding"] == "chunked"
+        pieces, received = r.iter_content(chunk_size=None), b""
+        while len(received) < 3 * PageResponse.slice_bytes:
+            received += next(pieces)
+        assert b'"json_manifest":[{' in received
+        assert b"totalFound" not in received  # it waits for the whole result
+        release.set()
+        body = json.loads(received + b"".join(pieces))
+    again = requests.post(f"{server.url}/v1/cohorts/preview/manifest", params=params,
+                          json=spec).json()
+    assert body["manifest"] == again["manifest"] and body["manifest"]["rowsReturned"] == 40000
+
+
+def test_a_query_failing_after_its_first_rows_cuts_the_page_short_and_runs_again(
+        server, monkeypatch):
+    """A 200 already on its way cannot become an error: the body stops short of valid JSON
+    (the client sees a broken response, never a wrong one), and the next request runs the query
+    afresh."""
+    store, rows_sent = server.commons.results, threading.Event()
+
+    def disk_full(*args):  # once the client has rows of the page
+        rows_sent.wait(20)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store, "spill_bytes", 3 * PageResponse.slice_bytes)  # after a batch
+    monkeypatch.setattr(store, "_spill", disk_full)
+    params, spec = new_mr_page("failing")
+    url = f"{server.url}/v1/cohorts/preview/manifest"
+    with requests.post(url, params=params, json=spec, stream=True, timeout=30) as r:
+        assert r.status_code == 200
+        pieces = r.iter_content(chunk_size=None)
+        assert next(pieces).startswith(b'{"code":200')
+        rows_sent.set()
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            b"".join(pieces)
+    monkeypatch.undo()
+    r = requests.post(url, params=params, json=spec, timeout=30)
+    assert r.status_code == 200 and r.json()["manifest"]["rowsReturned"] == 40000
 
 
 def test_a_manifest_too_large_for_memory_pages_the_same_from_its_file(server, monkeypatch):
@@ -841,7 +902,7 @@ def test_an_anonymous_next_page_of_a_materialised_result_is_served_on_the_event_
     loop_thread = server._thread
     second = next_page()
     assert served_on == [loop_thread]
-    server.commons.results._jobs.clear()  # the result is gone: its query runs again
+    server.commons.results._results.clear()  # the result is gone: its query runs again
     entered, release = held(server.commons.results, "_materialise", monkeypatch)
     answers = []
     waiting = threading.Thread(target=lambda: answers.append(next_page()))

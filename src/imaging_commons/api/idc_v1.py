@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import re
 from contextvars import ContextVar
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from ..core.accounts import AccountError, Forbidden, NotFound, User
 from ..core.catalog import CatalogError, normalise_collection_id
@@ -64,38 +65,72 @@ def ok(body: dict, status: int = 200) -> JSONResponse:
     return FastJSONResponse({"code": status, **body}, status_code=status)
 
 
-# Where a page's rows go in its rendered envelope: orjson escapes every control character in
-# strings, so the only NUL byte in the rendering is this one.
-ROWS_SLOT_BYTES = b"\x00"
-ROWS_SLOT = orjson.Fragment(ROWS_SLOT_BYTES)
+@dataclass(frozen=True)
+class PageLayout:
+    """Where a page's parts go: {"code", **head, section: {rows_key: [rows], "rowsReturned",
+    "totalFound"}, "next_page"}. The rows come before the counts and the token, so that a page
+    can be written before they are known."""
+
+    head: dict
+    section: str
+    rows_key: str
 
 
 class PageResponse(Response):
-    """A paged body: the envelope rendered by orjson, the rows written from the materialised
-    result's own buffer in slices. A page can be hundreds of megabytes; joining it into one body
-    would copy it twice into fresh memory, and page faults are most of what that costs."""
+    """A page's body: the envelope rendered by orjson, the rows written from the result's own
+    buffers in slices. A page can be hundreds of megabytes; joining it into one body would copy
+    it twice into fresh memory, and page faults are most of what that costs.
+
+    A page of a complete result is written with its length. The first page of a new query is
+    written while the result is being made, as its rows are converted (chunked, from the
+    thread pool): the client reads them meanwhile, and only the counts and the token wait for
+    the whole result. A failure after the first byte can only cut the body short."""
 
     media_type = "application/json"
     slice_bytes = 1 << 20
 
-    def __init__(self, body: dict, rows_json: list[bytes | memoryview], status: int = 200):
-        head, tail = orjson.dumps({"code": status, **body}).split(ROWS_SLOT_BYTES)
-        self.parts = [head, *rows_json, tail]
-        super().__init__(status_code=status,
-                         headers={"content-length": str(sum(len(p) for p in self.parts))})
+    def __init__(self, layout: PageLayout, page: Page, token: Callable[[], str | None]):
+        self.head = (orjson.dumps({"code": 200, **layout.head})[:-1] + b","
+                     + orjson.dumps(layout.section) + b":{" + orjson.dumps(layout.rows_key) + b":")
+        self.page = page
+        self.token = token
+        headers, self.parts = {}, None
+        if page.complete:  # the counts and the token now, where a failure is still an answer
+            self.parts = [self.head, *page.rows_json(), self._tail()]
+            headers["content-length"] = str(sum(len(part) for part in self.parts))
+        self.status_code, self.background = 200, None
+        self.init_headers(headers)  # (it has no `body`: no length of its own)
+
+    def _tail(self) -> bytes:
+        return (b',"rowsReturned":%d,"totalFound":%d},"next_page":%s}'
+                % (self.page.returned, self.page.total, orjson.dumps(self.token())))
+
+    def _arriving_parts(self) -> Iterator[bytes | memoryview]:
+        yield self.head
+        yield from self.page.rows_json()  # waits for rows still to come
+        yield self._tail()  # waits for the whole result
 
     async def __call__(self, scope, receive, send) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
-        slices = joined_slices(self.parts, self.slice_bytes)
-        current = next(slices)
-        for following in slices:
+        if self.parts is not None:
+            slices = _async(joined_slices(self.parts, self.slice_bytes))
+        else:
+            slices = iterate_in_threadpool(joined_slices(self._arriving_parts(),
+                                                         self.slice_bytes))
+        current = await anext(slices)
+        async for following in slices:
             await send({"type": "http.response.body", "body": current, "more_body": True})
             current = following
         await send({"type": "http.response.body", "body": current})
 
 
-def joined_slices(parts: list[bytes | memoryview], size: int) -> Iterator[bytes]:
+async def _async(items: Iterable[bytes]) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
+
+
+def joined_slices(parts: Iterable[bytes | memoryview], size: int) -> Iterator[bytes]:
     """The parts' bytes back to back, cut into slices of `size`; the last one is shorter (and
     may be empty). A small page goes out as one slice, a large one in pieces of equal size."""
     pending: list[memoryview] = []
@@ -269,8 +304,11 @@ def run_page(request: Request, state: dict, user: User | None, page_size: int,
     commons = request.app.state.commons
     may_wait = WAITING_ALLOWED.get()
     try:
-        return commons.page(state, user, page_size,
+        page = commons.page(state, user, page_size,
                             commons.archive.query_deadline_s if may_wait else 0)
+        if not (may_wait or page.complete):  # its rows are still arriving
+            raise Pending(page.result.key)
+        return page
     except Pending:
         if not may_wait:
             raise NotMaterialised from None
@@ -304,30 +342,24 @@ def open_token(request: Request, token: str, user: User | None, kind: str) -> di
     return state
 
 
-def page_body(page: Page, token: str | None, section: str, rows_key: str) -> dict:
-    return {section: {rows_key: ROWS_SLOT, "rowsReturned": page.returned,
-                      "totalFound": page.total},
-            "next_page": token}
-
-
-def manifest_body(page: Page, token: str | None, cohort: dict | None) -> dict:
+def manifest_body(cohort: dict | None) -> PageLayout:
     """A manifest page; a continuation (cohort None) carries `"cohort": {}`."""
-    return {"cohort": cohort or {}, **page_body(page, token, "manifest", "json_manifest")}
+    return PageLayout({"cohort": cohort or {}}, "manifest", "json_manifest")
 
 
-def query_body(page: Page, token: str | None, cohort: dict | None) -> dict:
+def query_body(cohort: dict | None) -> PageLayout:
     """A query page: the first echoes its `cohort_def`, a continuation carries `"cohort": {}`."""
     key = "cohort" if cohort is None else "cohort_def"
-    return {key: cohort or {}, **page_body(page, token, "query_results", "json")}
+    return PageLayout({key: cohort or {}}, "query_results", "json")
 
 
 def paged(request: Request, user: User | None, state: dict, page_size: int,
-          shape: Callable[[Page, str | None], dict], echo: dict | None = None) -> JSONResponse:
+          shape: Callable[[Page], PageLayout], echo: dict | None = None) -> Response:
     """Run one page of a paged request and shape it; a deadline overrun answers 202."""
     page = run_page(request, state, user, page_size, echo)
     if isinstance(page, JSONResponse):
         return page
-    return PageResponse(shape(page, next_token(request, page, user)), page.rows_json)
+    return PageResponse(shape(page), page, lambda: next_token(request, page, user))
 
 
 ECHO = "first_page"  # in a 202's token: what the first page echoes of the request
@@ -340,15 +372,15 @@ def resumed(state: dict) -> dict | None:
     return state.pop(ECHO, None)
 
 
-Shape = Callable[[Page, str | None, dict | None], dict]
+Shape = Callable[[dict | None], PageLayout]
 
 
 def cohort_page(request: Request, user: User | None, state: dict, page_size: int,
                 echo: dict | None, body: Shape) -> JSONResponse:
     """A page of a manifest or query: the first (an echo given) echoes its cohort, with the
     SQL if it was asked for; a continuation echoes none."""
-    return paged(request, user, state, page_size, lambda page, token: body(
-        page, token, echo and with_sql(echo["cohort"], echo["sql"], page)), echo)
+    return paged(request, user, state, page_size, lambda page: body(
+        echo and with_sql(echo["cohort"], echo["sql"], page)), echo)
 
 
 def by_token(request: Request, user: User | None, token: str, page_size: int, kind: str,
@@ -722,9 +754,8 @@ async def query_next_page(request: Request, user: User | None = Depends(optional
 def dicom_metadata_page(request: Request, user: User, state: dict, page_size: int,
                         continuation: bool):
     """dicomMetadata pages; continuations carry `"cohort": {}` as the real server's did."""
-    def shape(page, token):
-        body = page_body(page, token, "query_results", "json")
-        return {"cohort": {}, **body} if continuation else body
+    def shape(page: Page) -> PageLayout:
+        return PageLayout({"cohort": {}} if continuation else {}, "query_results", "json")
 
     return paged(request, user, state, page_size, shape, None if continuation else {})
 

@@ -10,6 +10,7 @@ import json
 import threading
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Iterator
 
 from sqlglot import exp
 
@@ -18,7 +19,7 @@ from .accounts import Accounts, User
 from .catalog import Catalog, CatalogError
 from .paging import PageTokens
 from .query import Compiled, FilterError, attributes, col, compile_select
-from .results import Pending, RecentlyUsed, ResultStore
+from .results import Pending, RecentlyUsed, Result, ResultStore
 from .schema import CONTINUOUS_NUMERIC, DICOM_METADATA_COLUMNS
 
 GUID_PREFIX = "dg.4DFC/"
@@ -46,11 +47,35 @@ UID_FIELDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Patien
 
 @dataclass(frozen=True)
 class Page:
-    rows_json: list[bytes | memoryview]  # the page's rows: a JSON array, in pieces
-    returned: int
-    total: int
-    next_state: dict | None
-    sql: str
+    """Rows offset..offset+limit of a result. Its rows can be read while the result is still
+    being made (`complete` false); its counts and the next page's state wait for the whole."""
+
+    result: Result
+    state: dict
+    offset: int
+    limit: int
+    sql: str  # the SQL that ran, with its parameters
+
+    @property
+    def complete(self) -> bool:
+        return self.result.complete
+
+    def rows_json(self) -> Iterator[bytes | memoryview]:
+        """The page's rows as a JSON array, in pieces."""
+        return self.result.json_page(self.offset, self.limit)
+
+    @property
+    def total(self) -> int:
+        return self.result.total
+
+    @property
+    def returned(self) -> int:
+        return max(0, min(self.limit, self.total - self.offset))
+
+    @property
+    def next_state(self) -> dict | None:
+        end = self.offset + self.returned
+        return {**self.state, "offset": end} if end < self.total else None
 
 
 class Commons:
@@ -225,17 +250,14 @@ class Commons:
 
     def page(self, state: dict, user: User | None, page_size: int,
              deadline_s: float | None) -> Page:
-        """One page of a paged request. Raises Pending when the first run passes the deadline."""
+        """One page of a paged request, as soon as its rows can be read. Raises Pending when
+        the query's first run has no rows to read by the deadline."""
         compiled = self.compile_state(state, user)
         result = self.results.run(compiled, deadline_s)
-        offset = int(state.get("offset", 0))
-        rows_json, returned = result.json_page(offset, page_size)
-        end = offset + returned
-        next_state = {**state, "offset": end} if end < result.total else None
         sql = result.sql
         if compiled.params:
             sql += "\n-- parameters: " + ", ".join(repr(p) for p in compiled.params)
-        return Page(rows_json, returned, result.total, next_state, sql)
+        return Page(result, state, int(state.get("offset", 0)), page_size, sql)
 
 
 __all__ = ["Commons", "Page", "Pending", "FilterError", "CatalogError", "MANIFEST_SELECTORS"]

@@ -11,16 +11,16 @@ compiled SQL and its parameters, and recomputed if it was evicted.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
 import tempfile
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import duckdb
 import numpy as np
@@ -69,12 +69,68 @@ class Pending(Exception):
         self.key = key
 
 
-@dataclass(frozen=True)
 class Result:
-    key: str
-    table: pa.Table  # one column, ROW_COLUMN: each row's JSON object followed by a comma
-    sql: str
-    file: Path | None = None  # the memory-mapped Arrow file of a result too large for memory
+    """A query's rendered rows in order, readable while they are still arriving: the first page
+    of a new query goes out as its rows are converted, and only the counts after it wait for the
+    whole result. Once complete, the rows are one table (in memory, or memory-mapped from
+    `file` for a result too large for memory) and every page is a slice of it."""
+
+    def __init__(self, key: str, sql: str, table: pa.Table | None = None,
+                 file: Path | None = None):
+        self.key = key
+        self.sql = sql
+        self.file = file
+        self._table = table
+        self._error: BaseException | None = None
+        self._arrived: list[pa.RecordBatch] = []  # the rows so far, until the table is made
+        self._starts = [0]  # the first row of each arrived batch, then the row after the last
+        self._changed = threading.Condition()
+
+    # ----- the materialising thread's side
+    def add(self, batch: pa.RecordBatch) -> None:
+        with self._changed:
+            self._arrived.append(batch)
+            self._starts.append(self._starts[-1] + batch.num_rows)
+            self._changed.notify_all()
+
+    def finish(self, table: pa.Table, file: Path | None = None) -> None:
+        with self._changed:
+            self._table, self.file = table, file
+            self._arrived, self._starts = [], [0]
+            self._changed.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self._changed:
+            self._error = error
+            self._changed.notify_all()
+
+    # ----- the readers' side
+    @property
+    def complete(self) -> bool:
+        return self._table is not None
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def started(self, timeout: float | None) -> bool:
+        """Whether rows can be read (some arrived, or all) within `timeout`; raises the error
+        the query ended with."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._table is not None or self._error is not None
+                                   or len(self._arrived) > 0, timeout)
+            if self._error is not None:
+                raise self._error
+            return self._table is not None or len(self._arrived) > 0
+
+    @property
+    def table(self) -> pa.Table:
+        """The whole result, once it is complete (waits for it)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._table is not None or self._error is not None)
+            if self._error is not None:
+                raise self._error
+            return self._table
 
     @property
     def total(self) -> int:
@@ -82,8 +138,8 @@ class Result:
 
     @cached_property
     def nbytes(self) -> int:
-        """Memory held, counted once: Arrow walks every chunk to count it, and the store sums
-        all its results at every request (64 results took ~10 ms)."""
+        """Memory held by the complete result, counted once: Arrow walks every chunk to count
+        it, and the store sums all its results at every request (64 results took ~10 ms)."""
         return self.table.nbytes
 
     def discard(self) -> None:
@@ -92,16 +148,44 @@ class Result:
         if self.file is not None:
             self.file.unlink(missing_ok=True)
 
-    def json_page(self, offset: int, limit: int) -> tuple[list[bytes | memoryview], int]:
-        """Rows offset..offset+limit as a JSON array in pieces (to be written one after the
-        other), and how many rows there are. The rows lie back to back in the column's buffer,
-        so the array is that span less its last comma, between brackets: no copy is made."""
-        rows = self.table.column(0).slice(offset, limit)
-        spans = [_value_bytes(chunk) for chunk in rows.chunks if len(chunk)]
-        if not spans:
-            return [b"[]"], 0
-        spans[-1] = spans[-1][:-1]
-        return [b"[", *spans, b"]"], len(rows)
+    def json_page(self, offset: int, limit: int) -> Iterator[bytes | memoryview]:
+        """Rows offset..offset+limit as a JSON array, in pieces to be written one after the
+        other, each as soon as its rows have arrived. The rows lie back to back in the
+        column's buffers, each followed by a comma: the array is their spans, each less its
+        last comma (put back between spans), between brackets. No row is copied."""
+        yield b"["
+        for index, chunk in enumerate(self._chunks(offset, offset + limit)):
+            if index:
+                yield b","
+            yield _value_bytes(chunk)[:-1]
+        yield b"]"
+
+    def _chunks(self, start: int, end: int) -> Iterator[pa.Array]:
+        """The row column's arrays covering rows start..end, waiting for rows not yet there."""
+        position = start
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._table is not None or self._error is not None
+                                       or self._starts[-1] > position)
+                if self._error is not None:
+                    raise self._error
+                table, arrived, starts = self._table, self._arrived, self._starts
+            if table is not None:
+                column = table.column(0)
+                if position < column.length():
+                    yield from (c for c in column.slice(position, end - position).chunks if len(c))
+                return
+            first = bisect.bisect_right(starts, position) - 1
+            for index in range(first, len(starts) - 1):
+                if position >= end:
+                    return
+                chunk = arrived[index].column(0).slice(position - starts[index],
+                                                       end - position)
+                if len(chunk):
+                    yield chunk
+                position += len(chunk)
+            if position >= end:
+                return
 
 
 def _value_bytes(array: pa.Array) -> memoryview:
@@ -167,25 +251,24 @@ class ResultStore:
         self.spill_bytes = max_bytes // 8
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="query")
         self._lock = threading.Lock()
-        self._jobs: "OrderedDict[str, Future[Result]]" = OrderedDict()
+        self._results: "OrderedDict[str, Result]" = OrderedDict()  # least recently used first
         self._shapes = RecentlyUsed(SHAPES_KEPT)  # query SQL -> its rows_as_json SQL
 
     def run(self, compiled: Compiled, deadline_s: float | None) -> Result:
-        """The materialised result, waiting at most `deadline_s`; raises Pending past it."""
+        """The query's result once its first rows can be read (its ORDER BY done), waiting at
+        most `deadline_s`; raises Pending past it. The result may still be filling: its
+        readers wait for the rows they need."""
         key = compiled.key
         with self._lock:
-            job = self._jobs.get(key)
-            if job is None or (job.done() and job.exception() is not None):
-                job = self._pool.submit(self._materialise, key, compiled)
-                self._jobs[key] = job
-            self._jobs.move_to_end(key)
+            result = self._results.get(key)
+            if result is None or result.failed:
+                result = Result(key, compiled.sql("duckdb"))
+                self._pool.submit(self._materialise, result, compiled)
+                self._results[key] = result
+            self._results.move_to_end(key)
             self._evict()
-        try:
-            result = job.result(timeout=deadline_s)
-        except FutureTimeout:
-            raise Pending(key) from None
-        with self._lock:  # it counts against the budget now that it exists
-            self._evict()
+        if not result.started(deadline_s):
+            raise Pending(key)
         return result
 
     def _evict(self) -> None:
@@ -193,36 +276,43 @@ class ResultStore:
         those in memory take more than `max_bytes`, or those in files more than
         `max_disk_bytes`. Work in flight is never dropped, nor the newest result."""
         def held_bytes(on_disk: bool) -> int:
-            return sum(job.result().nbytes for job in self._jobs.values()
-                       if job.done() and job.exception() is None
-                       and (job.result().file is not None) == on_disk)
+            return sum(result.nbytes for result in self._results.values()
+                       if result.complete and (result.file is not None) == on_disk)
 
-        while len(self._jobs) > 1 and (len(self._jobs) > self.max_results
-                                       or held_bytes(False) > self.max_bytes
-                                       or held_bytes(True) > self.max_disk_bytes):
-            old_key, old = next(iter(self._jobs.items()))
-            if not old.done():
+        while len(self._results) > 1 and (len(self._results) > self.max_results
+                                          or held_bytes(False) > self.max_bytes
+                                          or held_bytes(True) > self.max_disk_bytes):
+            old_key, old = next(iter(self._results.items()))
+            if not (old.complete or old.failed):
                 break
-            del self._jobs[old_key]
-            if old.exception() is None:
-                old.result().discard()
+            del self._results[old_key]
+            old.discard()
 
-    def _materialise(self, key: str, compiled: Compiled) -> Result:
-        """One run of the query, rendered to JSON rows in its ORDER BY order."""
-        con = self.catalog.connection()
-        con.execute("SET SESSION arrow_large_buffer_size = true")  # 64-bit offsets: wide rows
-        rendered = self._rendered_sql(con, compiled)
-        reader = con.execute(rendered, compiled.params).to_arrow_reader(BATCH_ROWS)
-        sql = compiled.sql("duckdb")
-        batches, held = [], 0
-        for batch in reader:
-            batches.append(batch)
-            held += batch.nbytes
-            if held > self.spill_bytes:
-                file = self._spill(reader.schema, itertools.chain(batches, reader))
-                return Result(key, pa.ipc.open_file(pa.memory_map(str(file))).read_all(), sql,
-                              file)
-        return Result(key, pa.Table.from_batches(batches, reader.schema), sql)
+    def _materialise(self, result: Result, compiled: Compiled) -> None:
+        """One run of the query, rendered to JSON rows in its ORDER BY order, handed to the
+        result batch by batch; a result past `spill_bytes` goes on into a file, and its
+        readers wait for that to be complete."""
+        try:
+            con = self.catalog.connection()
+            con.execute("SET SESSION arrow_large_buffer_size = true")  # 64-bit offsets
+            rendered = self._rendered_sql(con, compiled)
+            reader = con.execute(rendered, compiled.params).to_arrow_reader(BATCH_ROWS)
+            batches, held, file = [], 0, None
+            for batch in reader:
+                batches.append(batch)
+                held += batch.nbytes
+                if held > self.spill_bytes:
+                    file = self._spill(reader.schema, itertools.chain(batches, reader))
+                    break
+                result.add(batch)
+            table = (pa.ipc.open_file(pa.memory_map(str(file))).read_all() if file
+                     else pa.Table.from_batches(batches, reader.schema))
+        except BaseException as error:  # the readers raise it; a later run starts afresh
+            result.fail(error)
+            return
+        with self._lock:  # it counts against the budgets once complete
+            result.finish(table, file)
+            self._evict()
 
     def _spill(self, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Path:
         """Write a result's batches to a new Arrow file of this store's; a failed write (a
