@@ -91,7 +91,8 @@ class PageResponse(Response):
 
     def __init__(self, layout: PageLayout, page: Page, token: Callable[[], str | None]):
         self.head = (orjson.dumps({"code": 200, **layout.head})[:-1] + b","
-                     + orjson.dumps(layout.section) + b":{" + orjson.dumps(layout.rows_key) + b":")
+                     + orjson.dumps(layout.section) + b":{"
+                     + orjson.dumps(layout.rows_key) + b":")
         self.page = page
         self.token = token
         headers, self.parts = {}, None
@@ -114,7 +115,7 @@ class PageResponse(Response):
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
         if self.parts is not None:
-            slices = _async(joined_slices(self.parts, self.slice_bytes))
+            slices = as_async(joined_slices(self.parts, self.slice_bytes))
         else:
             slices = iterate_in_threadpool(joined_slices(self._arriving_parts(),
                                                          self.slice_bytes))
@@ -125,7 +126,8 @@ class PageResponse(Response):
         await send({"type": "http.response.body", "body": current})
 
 
-async def _async(items: Iterable[bytes]) -> AsyncIterator[bytes]:
+async def as_async(items: Iterable[bytes]) -> AsyncIterator[bytes]:
+    """Items at hand, as an async iterator (nothing in them waits)."""
     for item in items:
         yield item
 
@@ -376,7 +378,7 @@ Shape = Callable[[dict | None], PageLayout]
 
 
 def cohort_page(request: Request, user: User | None, state: dict, page_size: int,
-                echo: dict | None, body: Shape) -> JSONResponse:
+                echo: dict | None, body: Shape) -> Response:
     """A page of a manifest or query: the first (an echo given) echoes its cohort, with the
     SQL if it was asked for; a continuation echoes none."""
     return paged(request, user, state, page_size, lambda page: body(
@@ -384,7 +386,7 @@ def cohort_page(request: Request, user: User | None, state: dict, page_size: int
 
 
 def by_token(request: Request, user: User | None, token: str, page_size: int, kind: str,
-             body: Shape) -> JSONResponse:
+             body: Shape) -> Response:
     """The page a token stands for: the next page, or the first page a 202 put off."""
     state = open_token(request, token, user, kind)
     return cohort_page(request, user, state, page_size, resumed(state), body)

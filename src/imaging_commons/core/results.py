@@ -4,10 +4,11 @@ The first request for a query materialises its ordered result in memory, each ro
 rendered as a JSON object by DuckDB inside the query (in parallel, no Python object per row or
 value): a page, however deep, is then a slice of one buffer, and the total is known once.
 The rows can be read while the result is being made, batch by batch as DuckDB converts them:
-the first page of a new query is written to its client meanwhile. A result too large for memory is written to an Arrow file on the archive's disk instead and
-memory-mapped: its pages are slices of the mapping, and the system keeps in memory only the
-parts being read. Versions are immutable, so a result never goes stale; it is keyed by the
-compiled SQL and its parameters, and recomputed if it was evicted.
+the first page of a new query is written to its client meanwhile. A result too large for
+memory is written to an Arrow file on the archive's disk instead and memory-mapped: its pages
+are slices of the mapping, and the system keeps in memory only the parts being read.
+Versions are immutable, so a result never goes stale; it is keyed by the compiled SQL and its
+parameters, and recomputed if it was evicted.
 """
 
 from __future__ import annotations
