@@ -6,6 +6,7 @@ paths are served with and without a trailing slash, and at the notebook's altern
 
 from __future__ import annotations
 
+import itertools
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -84,10 +85,13 @@ class PageResponse(Response):
     A page of a complete result is written with its length. The first page of a new query is
     written while the result is being made, as its rows are converted (chunked, from the
     thread pool): the client reads them meanwhile, and only the counts and the token wait for
-    the whole result. A failure after the first byte can only cut the body short."""
+    the whole result. Meanwhile a space goes out every `keepalive_s` (JSON allows whitespace
+    there), so that a result that takes long to finish never leaves the connection looking
+    idle. A failure after the first byte can only cut the body short."""
 
     media_type = "application/json"
     slice_bytes = 1 << 20
+    keepalive_s = 5.0
 
     def __init__(self, layout: PageLayout, page: Page, token: Callable[[], str | None]):
         self.head = (orjson.dumps({"code": 200, **layout.head})[:-1] + b","
@@ -106,10 +110,13 @@ class PageResponse(Response):
         return (b',"rowsReturned":%d,"totalFound":%d},"next_page":%s}'
                 % (self.page.returned, self.page.total, orjson.dumps(self.token())))
 
-    def _arriving_parts(self) -> Iterator[bytes | memoryview]:
-        yield self.head
-        yield from self.page.rows_json()  # waits for rows still to come
-        yield self._tail()  # waits for the whole result
+    async def _arriving_slices(self) -> AsyncIterator[bytes]:
+        rows = itertools.chain([self.head], self.page.rows_json())  # waits for rows to come
+        async for piece in iterate_in_threadpool(joined_slices(rows, self.slice_bytes)):
+            yield piece
+        while not await run_in_threadpool(self.page.result.finished, self.keepalive_s):
+            yield b" "
+        yield await run_in_threadpool(self._tail)
 
     async def __call__(self, scope, receive, send) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
@@ -117,8 +124,7 @@ class PageResponse(Response):
         if self.parts is not None:
             slices = as_async(joined_slices(self.parts, self.slice_bytes))
         else:
-            slices = iterate_in_threadpool(joined_slices(self._arriving_parts(),
-                                                         self.slice_bytes))
+            slices = self._arriving_slices()
         current = await anext(slices)
         async for following in slices:
             await send({"type": "http.response.body", "body": current, "more_body": True})

@@ -125,14 +125,20 @@ class Result:
                 raise self._error
             return self._table is not None or len(self._arrived) > 0
 
+    def finished(self, timeout: float | None) -> bool:
+        """Whether the result is complete within `timeout`; raises the error it ended with."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._table is not None or self._error is not None,
+                                   timeout)
+            if self._error is not None:
+                raise self._error
+            return self._table is not None
+
     @property
     def table(self) -> pa.Table:
         """The whole result, once it is complete (waits for it)."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._table is not None or self._error is not None)
-            if self._error is not None:
-                raise self._error
-            return self._table
+        self.finished(None)
+        return self._table
 
     @property
     def total(self) -> int:
