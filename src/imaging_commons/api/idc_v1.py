@@ -314,9 +314,6 @@ def run_page(request: Request, state: dict, user: User | None, page_size: int,
     try:
         page = commons.page(state, user, page_size,
                             commons.archive.query_deadline_s if may_wait else 0)
-        if not (may_wait or page.complete):  # its rows are still arriving
-            raise Pending(page.result.key)
-        return page
     except Pending:
         if not may_wait:
             raise NotMaterialised from None
@@ -325,6 +322,9 @@ def run_page(request: Request, state: dict, user: User | None, page_size: int,
                               "the query using the next_page token.", "next_page": token}, 202)
     except FilterError as e:
         raise ApiError(400, str(e), e.not_found) from None
+    if not (may_wait or page.complete):  # its rows are still arriving
+        raise NotMaterialised
+    return page
 
 
 def next_token(request: Request, page: Page, user: User | None) -> str | None:

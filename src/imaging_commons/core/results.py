@@ -22,13 +22,14 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 from sqlglot import exp
 
+from .cache import RecentlyUsed
 from .catalog import Catalog
 from .query import Compiled, col
 from .schema import BY_NAME
@@ -39,28 +40,6 @@ ROW_COLUMN = "row_json"
 BATCH_ROWS = 16384
 SHAPES_KEPT = 256  # query shapes whose rendering SQL is remembered
 _FLOATS = ("FLOAT", "DOUBLE", "REAL")
-
-
-class RecentlyUsed:
-    """A bounded map that forgets its least recently used entries, safe across threads. A
-    missing value is made outside the lock: two threads may both make it, and either is kept."""
-
-    def __init__(self, size: int):
-        self._size = size
-        self._items: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str, make: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        value = make()
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-        return value
 
 
 class Pending(Exception):
@@ -115,24 +94,21 @@ class Result:
     def failed(self) -> bool:
         return self._error is not None
 
-    def started(self, timeout: float | None) -> bool:
-        """Whether rows can be read (some arrived, or all) within `timeout`; raises the error
-        the query ended with."""
+    def _wait(self, ready: Callable[[], bool], timeout: float | None) -> bool:
+        """Whether `ready()` holds within `timeout`; raises the error the query ended with."""
         with self._changed:
-            self._changed.wait_for(lambda: self._table is not None or self._error is not None
-                                   or len(self._arrived) > 0, timeout)
+            self._changed.wait_for(lambda: self._error is not None or ready(), timeout)
             if self._error is not None:
                 raise self._error
-            return self._table is not None or len(self._arrived) > 0
+            return ready()
+
+    def started(self, timeout: float | None) -> bool:
+        """Whether rows can be read (some arrived, or all) within `timeout`."""
+        return self._wait(lambda: self._table is not None or len(self._arrived) > 0, timeout)
 
     def finished(self, timeout: float | None) -> bool:
-        """Whether the result is complete within `timeout`; raises the error it ended with."""
-        with self._changed:
-            self._changed.wait_for(lambda: self._table is not None or self._error is not None,
-                                   timeout)
-            if self._error is not None:
-                raise self._error
-            return self._table is not None
+        """Whether the result is complete within `timeout`."""
+        return self._wait(lambda: self._table is not None, timeout)
 
     @property
     def table(self) -> pa.Table:
@@ -171,29 +147,22 @@ class Result:
     def _chunks(self, start: int, end: int) -> Iterator[pa.Array]:
         """The row column's arrays covering rows start..end, waiting for rows not yet there."""
         position = start
-        while True:
-            with self._changed:
-                self._changed.wait_for(lambda: self._table is not None or self._error is not None
-                                       or self._starts[-1] > position)
-                if self._error is not None:
-                    raise self._error
+        while position < end:
+            with self._changed:  # (a snapshot: finish() replaces the lists, never edits them)
+                self._wait(lambda: self._table is not None or self._starts[-1] > position, None)
                 table, arrived, starts = self._table, self._arrived, self._starts
             if table is not None:
                 column = table.column(0)
                 if position < column.length():
                     yield from (c for c in column.slice(position, end - position).chunks if len(c))
                 return
-            first = bisect.bisect_right(starts, position) - 1
-            for index in range(first, len(starts) - 1):
-                if position >= end:
-                    return
-                chunk = arrived[index].column(0).slice(position - starts[index],
-                                                       end - position)
+            for index in range(bisect.bisect_right(starts, position) - 1, len(starts) - 1):
+                chunk = arrived[index].column(0).slice(position - starts[index], end - position)
                 if len(chunk):
                     yield chunk
                 position += len(chunk)
-            if position >= end:
-                return
+                if position >= end:
+                    return
 
 
 def _value_bytes(array: pa.Array) -> memoryview:
