@@ -19,7 +19,8 @@ from .accounts import Accounts, User
 from .catalog import Catalog, CatalogError
 from .paging import PageTokens
 from .query import Compiled, FilterError, attributes, col, compile_select
-from .results import Pending, RecentlyUsed, Result, ResultStore
+from .cache import RecentlyUsed
+from .results import Pending, Result, ResultStore
 from .schema import CONTINUOUS_NUMERIC, DICOM_METADATA_COLUMNS
 
 GUID_PREFIX = "dg.4DFC/"

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from cryptography.fernet import Fernet, InvalidToken as FernetInvalid
 
-from .results import RecentlyUsed
+from .cache import RecentlyUsed
 
 INLINE_STATE_BYTES = 2048  # a larger state goes to the store: its token stays ~300 characters
 STATES_KEPT = 256  # stored states remembered by this process

@@ -1,0 +1,29 @@
+"""A small in-process cache the core's parts share (results, page tokens, compiled queries)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any, Callable
+
+
+class RecentlyUsed:
+    """A bounded map that forgets its least recently used entries, safe across threads. A
+    missing value is made outside the lock: two threads may both make it, and either is kept."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return value
