@@ -55,6 +55,32 @@ def manifest(session, base, filters, fields, page_size):
     return r.json()
 
 
+_RUN_NUMBERS = itertools.count()
+
+
+def cold(filters: dict) -> dict:
+    """The filters plus one value no series has, different at each call: the same rows and
+    query shape, but a query the server has not run, so it cannot reuse a materialised result
+    (the baseline runs that same shape)."""
+    return {k: v + [f"no-such-value-{next(_RUN_NUMBERS)}"] for k, v in filters.items()}
+
+
+def page_all(session, base, filters, fields, page_size) -> tuple[int, list[float]]:
+    """Every row of a manifest through its first page and nextPage; (rows, nextPage latencies)."""
+    body = manifest(session, base, filters, fields, page_size)
+    got, latencies, token = len(body["manifest"]["json_manifest"]), [], body["next_page"]
+    while token:
+        t0 = time.perf_counter()
+        r = session.get(f"{base}/v1/cohorts/manifest/nextPage",
+                        params={"next_page": token, "page_size": page_size})
+        r.raise_for_status()
+        latencies.append(time.perf_counter() - t0)
+        nxt = r.json()
+        got += len(nxt["manifest"]["json_manifest"])
+        token = nxt["next_page"]
+    return got, latencies
+
+
 def raw_query(commons: Commons, filters, fields):
     """The SQL our server runs for this manifest, pointed at the baseline's in-memory table."""
     state = {"kind": "manifest", "version": 25, "filters": filters, "fields": fields}
@@ -70,14 +96,6 @@ def main() -> int:
     ap.add_argument("--skip-idc-index", action="store_true")
     args = ap.parse_args()
     with idc_archive(args.archive) as archive:
-        # every run of the big manifest adds one value no series has, different each time (same
-        # rows, same query shape): the server cannot reuse an earlier run's materialised
-        # result, so every run is cold; the baseline runs the same shape
-        run_numbers = itertools.count()
-
-        def cold(filters: dict) -> dict:
-            return {k: v + [f"no-such-value-{next(run_numbers)}"] for k, v in filters.items()}
-
         # The SQL of each query, compiled by our core; the Commons that compiles it loads a
         # copy of the catalogue into this process, so it is let go before anything is timed (a
         # process holding gigabytes more makes every allocation slower, the baseline's
@@ -132,21 +150,6 @@ def main() -> int:
 
             filters, fields = BIG
 
-            def page_all(page_size: int) -> tuple[int, list[float]]:
-                """Every row through first page + nextPage; (rows, nextPage latencies)."""
-                body = manifest(session, base, cold(filters), fields, page_size)
-                got, latencies, token = len(body["manifest"]["json_manifest"]), [], body["next_page"]
-                while token:
-                    t0 = time.perf_counter()
-                    r = session.get(f"{base}/v1/cohorts/manifest/nextPage",
-                                    params={"next_page": token, "page_size": page_size})
-                    r.raise_for_status()
-                    latencies.append(time.perf_counter() - t0)
-                    nxt = r.json()
-                    got += len(nxt["manifest"]["json_manifest"])
-                    token = nxt["next_page"]
-                return got, latencies
-
             # the baseline and each page size take turns, run after run, so that a change in
             # the machine's speed touches them all; a ratio compares figures of the same run
             page_sizes = (UNPAGED, 1000, max_page_size)
@@ -157,7 +160,8 @@ def main() -> int:
                 raw_s, row_count = timed(lambda: len(con.execute(big_sql, big_params).fetchall()))
                 raw_times.append(raw_s)
                 for size in page_sizes:
-                    total_s, (got, latencies) = timed(lambda: page_all(size))
+                    total_s, (got, latencies) = timed(
+                        lambda: page_all(session, base, cold(filters), fields, size))
                     assert got == row_count, (got, row_count)
                     ours[size].append(total_s)
                     if size == 1000:

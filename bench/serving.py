@@ -19,12 +19,13 @@ WARMED_PATH = "/nbia-api/services/getSimpleSearchWithModalityAndBodyPartPaged?si
 
 @contextmanager
 def running_server(archive: Path, port: int, ready_path: str,
-                   env: dict | None = None) -> Iterator[str]:
-    """Run `imaging-commons serve` over `archive` (with extra environment `env`); yields its
-    base URL once `ready_path` answers, and stops it on the way out."""
+                   env: dict | None = None, root: Path = ROOT) -> Iterator[str]:
+    """Run `imaging-commons serve` over `archive` (with extra environment `env`) from the
+    checkout at `root`; yields its base URL once `ready_path` answers, and stops it on the way
+    out."""
     proc = subprocess.Popen([sys.executable, "-m", "imaging_commons.cli", "--archive", str(archive),
-                             "serve", "--port", str(port)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})},
+                             "serve", "--port", str(port)], cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root / "src"), **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
