@@ -37,7 +37,7 @@ FILTER_SETS = [
 ]
 BIG = ({"Modality": ["MR"]}, ["SeriesInstanceUID", "GCS_URL"])
 UID_LIST = 1000  # a cohort given as a list of SeriesInstanceUIDs
-PAGING_RUNS = 7
+PAGING_RUNS = 15
 UNPAGED = 1 << 18
 
 
