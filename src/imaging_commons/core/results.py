@@ -56,11 +56,10 @@ class Result:
     whole result. Once complete, the rows are one table (in memory, or memory-mapped from
     `file` for a result too large for memory) and every page is a slice of it."""
 
-    def __init__(self, key: str, sql: str, table: pa.Table | None = None,
-                 file: Path | None = None):
+    def __init__(self, key: str, sql: str, table: pa.Table | None = None):
         self.key = key
         self.sql = sql
-        self.file = file
+        self.file: Path | None = None  # set by finish() for a result spilled to a file
         self._table = table
         self._error: BaseException | None = None
         self._arrived: list[pa.RecordBatch] = []  # the rows so far, until the table is made
