@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from imaging_commons.config import Archive  # noqa: E402
 from serving import idc_archive, running_server  # noqa: E402
-from imaging_commons.core.commons import Commons  # noqa: E402
+from imaging_commons.core.commons import MANIFEST_SELECTORS, Commons  # noqa: E402
 
 FILTER_SETS = [
     ({"collection_id": ["NLST"], "Modality": ["CT"]}, ["SeriesInstanceUID", "GCS_URL"]),
@@ -82,8 +82,12 @@ def page_all(session, base, filters, fields, page_size) -> tuple[int, list[float
 
 
 def raw_query(commons: Commons, filters, fields):
-    """The SQL our server runs for this manifest, pointed at the baseline's in-memory table."""
-    state = {"kind": "manifest", "version": 25, "filters": filters, "fields": fields}
+    """The manifest's query as our core compiles it (SELECT DISTINCT the columns, in the order
+    the server puts them, ... ORDER BY them), pointed at the baseline's in-memory table. The
+    server itself sorts a result led by a unique key by that key's rank, which the baseline's
+    table does not have: the baseline is the query as plain DuckDB answers it."""
+    ordered = [name for name in MANIFEST_SELECTORS if name in fields]
+    state = {"kind": "manifest", "version": 25, "filters": filters, "fields": ordered}
     compiled = commons.compile_state(state, None)
     sql = compiled.sql().replace(commons.catalog.relation(25, "items"), "items")
     return sql, compiled.params

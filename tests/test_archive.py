@@ -28,7 +28,7 @@ from conftest import postgres_schema_url
 from imaging_commons.config import Archive
 from imaging_commons.core import catalog as catalog_module
 from imaging_commons.core.accounts import OWNER
-from imaging_commons.core.catalog import CatalogError
+from imaging_commons.core.catalog import ITEM_COLUMNS, CatalogError
 from imaging_commons.core.commons import Commons
 from imaging_commons.core.demo import pydicom_sample_dir
 from imaging_commons.core.ingest import ingest, publish, stage_clinical
@@ -73,15 +73,20 @@ def items(commons: Commons, version: int) -> str:
     return commons.catalog.relation(version, "items")
 
 
+# an item's own columns (the loaded items also carry key ranks, which shift as segments load)
+ITEM_VALUES = ", ".join(f'"{name}"' for name in ITEM_COLUMNS)
+
+
 def all_rows(commons: Commons, version: int) -> list[tuple]:
     """Every item row of a version, in a stable order: what 'the same rows' means."""
-    return query(commons, f"SELECT * FROM {items(commons, version)} "
+    return query(commons, f"SELECT {ITEM_VALUES} FROM {items(commons, version)} "
                           f"ORDER BY crdc_series_uuid, SOPInstanceUID, crdc_instance_uuid")
 
 
 def row_of(commons: Commons, version: int, sop_uid: str) -> dict:
     cur = commons.catalog.connection().execute(
-        f"SELECT * FROM {items(commons, version)} WHERE SOPInstanceUID = ?", [sop_uid])
+        f"SELECT {ITEM_VALUES} FROM {items(commons, version)} WHERE SOPInstanceUID = ?",
+        [sop_uid])
     rows = cur.fetchall()
     assert len(rows) == 1, f"{len(rows)} rows for {sop_uid}"
     return dict(zip([d[0] for d in cur.description], rows[0]))

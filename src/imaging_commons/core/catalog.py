@@ -30,6 +30,18 @@ from .schema import COLUMNS, SQL_TYPES
 
 ITEM_COLUMNS = [c.name for c in COLUMNS]
 
+# Columns that can single out an item row, which manifests and queries are often ordered by.
+# Loaded item segments carry each one's rank: its place in the sort order of that column's
+# values across every loaded segment. A result led by one of them, where it is unique in the
+# version, is then sorted by integers instead of long strings that share long prefixes.
+RANKED_KEYS = ("SeriesInstanceUID", "SOPInstanceUID", "crdc_series_uuid", "crdc_instance_uuid",
+               "gcs_url")
+
+
+def rank_column(key: str) -> str:
+    """The rank of `key`'s value (a name no attribute can have: it holds a space)."""
+    return f"{key} rank"
+
 COLLECTION_COLUMNS = {
     "collection_id": "VARCHAR",
     "collection_name": "VARCHAR",
@@ -164,6 +176,9 @@ class Catalog:
         self._lock = threading.RLock()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._loaded: dict[str, str] = {}  # file name -> in-memory table name
+        self._item_tables: list[str] = []  # the loaded item segments, which share key ranks
+        self._ranks_stale = False  # an item segment was loaded since the last ranking
+        self._key_ranks: dict[str, dict[str, str]] = {}  # items view -> {unique key: rank}
         self._published_mtime: float | None = None
         self._published: dict = {}
         self._manifests: dict[int, dict] = {}  # published versions never change
@@ -250,17 +265,52 @@ class Catalog:
                     "temp_directory": str(self.archive.process_scratch_dir() / "duckdb")})
             return self._con.cursor()
 
-    def _table_for(self, file_name: str) -> str:
-        """Load a segment into memory once; segments are immutable so the copy never goes stale."""
+    def _table_for(self, file_name: str, items: bool = False) -> str:
+        """Load a segment into memory once; segments are immutable so the copy never goes stale.
+        An item segment gets a column for each key's rank, filled in by _rank_keys."""
         with self._lock:
             if file_name not in self._loaded:
                 table = "seg_" + Path(file_name).stem.replace("-", "_").replace(".", "_")
                 con = self.connection()
                 path = self.segments_dir / file_name
+                ranks = "".join(f", NULL::INTEGER AS {_q(rank_column(k))}" for k in RANKED_KEYS)
                 con.execute(f"CREATE OR REPLACE TABLE {_q(table)} AS "
-                            f"SELECT * FROM read_parquet('{path}')")
+                            f"SELECT *{ranks if items else ''} FROM read_parquet('{path}')")
                 self._loaded[file_name] = table
+                if items:
+                    self._item_tables.append(table)
+                    self._ranks_stale = True
             return self._loaded[file_name]
+
+    def _rank_keys(self) -> None:
+        """Rank every key's values across all loaded item segments (dense: equal values, equal
+        ranks), so that ranks compare across the segments a version is made of. A new segment
+        shifts the others' ranks: all are rewritten in one transaction, and a query running
+        meanwhile sees the old ranks or the new ones, never a mix."""
+        con = self.connection()
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for key in RANKED_KEYS:
+                values = " UNION ALL ".join(
+                    f"SELECT {part} AS part, rowid AS row, {_q(key)} AS value FROM {_q(table)} "
+                    f"WHERE {_q(key)} IS NOT NULL" for part, table in enumerate(self._item_tables))
+                con.execute("CREATE OR REPLACE TEMP TABLE key_ranks AS SELECT part, row, "
+                            f"dense_rank() OVER (ORDER BY value)::INTEGER AS rank FROM ({values})")
+                for part, table in enumerate(self._item_tables):
+                    con.execute(f"UPDATE {_q(table)} SET {_q(rank_column(key))} = r.rank FROM "
+                                f"key_ranks r WHERE r.part = {part} AND {_q(table)}.rowid = r.row")
+            con.execute("DROP TABLE key_ranks")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        self._ranks_stale = False
+
+    def key_ranks(self, relation: str) -> dict[str, str]:
+        """{key: its rank column} for the keys that are present and unique in every row of an
+        items view (of relation()): ordering its rows by such a key's rank orders them by the
+        key, and any selection that includes the key is already distinct."""
+        return self._key_ranks.get(relation, {})
 
     def relation(self, number: int, kind: str) -> str:
         """Name of a view over one kind of table ('items', 'collections', 'analysis_results')
@@ -273,10 +323,13 @@ class Catalog:
             files = manifest.get(kind) or []
             if kind == "items":
                 parts = [
-                    f"SELECT * FROM {_q(self._table_for(f))} WHERE version_min <= {int(number)} "
+                    f"SELECT * FROM {_q(self._table_for(f, items=True))} "
+                    f"WHERE version_min <= {int(number)} "
                     f"AND (version_max IS NULL OR version_max >= {int(number)})"
                     for f in files
                 ] or [empty_items_sql()]
+                if self._ranks_stale:
+                    self._rank_keys()
             else:
                 parts = [
                     f"SELECT * FROM {_q(self._table_for(f))} "
@@ -287,8 +340,20 @@ class Catalog:
                     raise CatalogError(f"Version {number} has no {kind} table")
             self.connection().execute(
                 f"CREATE OR REPLACE VIEW {_q(view)} AS " + " UNION ALL BY NAME ".join(parts))
+            if kind == "items" and files:
+                self._key_ranks[view] = self._unique_keys(view)
             self._loaded[view] = view
             return view
+
+    def _unique_keys(self, view: str) -> dict[str, str]:
+        """The keys whose values are all there, all different and all ranked in the view."""
+        counts = self.connection().execute(
+            "SELECT count(*), " + ", ".join(
+                f"count({_q(rank_column(k))}), count(DISTINCT {_q(k)})" for k in RANKED_KEYS)
+            + f" FROM {_q(view)}").fetchone()
+        rows, per_key = counts[0], counts[1:]
+        return {key: rank_column(key) for key, ranked, distinct
+                in zip(RANKED_KEYS, per_key[::2], per_key[1::2]) if rows == ranked == distinct > 0}
 
     def clinical_tables(self, number: int) -> list[dict]:
         """Clinical sources of a version: [{source, collection_id, table, columns:{name:type}}]."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from sqlglot import exp
@@ -61,10 +61,13 @@ class Attribute:
 
 @dataclass
 class Compiled:
-    """A compiled query: the expression tree and the values for its placeholders, in order."""
+    """A compiled query: the expression tree and the values for its placeholders, in order,
+    and the keys unique in the relation it reads, with their rank columns
+    (Catalog.key_ranks)."""
 
     tree: exp.Select
     params: list
+    key_ranks: dict[str, str] = field(default_factory=dict)
 
     def sql(self, dialect: str = "duckdb") -> str:
         return self._duckdb_sql if dialect == "duckdb" else self.tree.sql(dialect=dialect)
@@ -212,11 +215,12 @@ def compile_select(catalog: Catalog, version: int, filters: dict, outputs: list[
     where = where_clause(catalog, version, filters, hidden, params)
     if extra_where is not None:
         where = exp.and_(where, extra_where) if where is not None else extra_where
-    relation = exp.to_table(catalog.relation(version, "items"), quoted=True)
+    items = catalog.relation(version, "items")
+    relation = exp.to_table(items, quoted=True)
     tree = exp.select(*[e.copy().as_(name, quoted=True) for name, e in outputs]).from_(relation)
     if distinct:
         tree = tree.distinct()
     if where is not None:
         tree = tree.where(where)
     tree = tree.order_by(*[exp.Ordered(this=col(name), nulls_first=False) for name, _ in outputs])
-    return Compiled(tree, params.values)
+    return Compiled(tree, params.values, catalog.key_ranks(items))

@@ -35,6 +35,7 @@ from .query import Compiled, col
 from .schema import BY_NAME
 
 ROW_COLUMN = "row_json"
+RANK_COLUMN = "leading key rank"  # the inner query's rank of its leading key, when it has one
 # Rows per Arrow batch of a result: buffers of a few MB, which the allocator recycles, where one
 # buffer grown to the whole result was page-faulted afresh at every doubling.
 BATCH_ROWS = 16384
@@ -196,10 +197,17 @@ def _finite(value: exp.Expression) -> exp.Expression:
 def rows_as_json(compiled: Compiled, columns: list[tuple[str, str]]) -> exp.Select:
     """The compiled query with each row rendered by DuckDB as one JSON object and a comma, in
     the query's order. `columns` are the query's output (name, DuckDB type); no two names may
-    differ only in case (DuckDB's struct keys are case-insensitive)."""
+    differ only in case (DuckDB's struct keys are case-insensitive). A query led by a key
+    unique in the relation it reads (compiled.key_ranks) is sorted by that key's rank, and
+    needs no DISTINCT."""
     inner = compiled.tree.copy()
     order = inner.args.get("order")
     inner.set("order", None)
+    rank = _leading_key_rank(inner, order, compiled.key_ranks)
+    if rank is not None:
+        inner.set("distinct", None)
+        inner.select(col(rank).as_(RANK_COLUMN, quoted=True), copy=False)
+        order = exp.Order(expressions=[exp.Ordered(this=col(RANK_COLUMN))])
     row = exp.Struct(expressions=[
         exp.PropertyEQ(this=exp.to_identifier(name, quoted=True),
                        expression=_json_value(col(name, "q"), name, sql_type))
@@ -212,6 +220,28 @@ def rows_as_json(compiled: Compiled, columns: list[tuple[str, str]]) -> exp.Sele
             ordered.this.set("table", exp.to_identifier("q"))
         outer.set("order", order)
     return outer
+
+
+def _leading_key_rank(select: exp.Select, order: exp.Order | None,
+                      key_ranks: dict[str, str]) -> str | None:
+    """The rank column that orders this query's rows, when it selects from one relation and its
+    order starts with its first output, ascending, which is a unique key of that relation (as it
+    is or behind a fixed prefix, as a GUID is; the keys are text): that key orders the rows
+    alone, and no two rows can be alike."""
+    if not key_ranks or order is None or select.args.get("joins") or not select.expressions:
+        return None
+    first = select.expressions[0]
+    leading = order.expressions[0]
+    if not (isinstance(leading.this, exp.Column) and leading.this.name == first.alias_or_name
+            and not leading.args.get("desc")):
+        return None
+    value = first.unalias()
+    if (isinstance(value, exp.DPipe) and isinstance(value.this, exp.Literal)
+            and value.this.is_string):
+        value = value.expression
+    if isinstance(value, exp.Column) and not value.table:
+        return key_ranks.get(value.name)
+    return None
 
 
 class ResultStore:
