@@ -125,8 +125,6 @@ def test_a_segment_loaded_later_reranks_the_loaded_ones(small_archive, tmp_path)
     assert rows_served(reopened, second) == after and rows_served(reopened, first) == before
 
 
-
-
 def test_a_ranking_that_failed_is_done_again_before_any_rank_is_used(small_archive, tmp_path,
                                                                      monkeypatch):
     commons = Commons(small_archive)
@@ -140,7 +138,7 @@ def test_a_ranking_that_failed_is_done_again_before_any_rank_is_used(small_archi
     with pytest.raises(duckdb.Error):
         catalog.relation(2, "items")
     monkeypatch.undo()
-    assert_ranks_follow_values(commons, 1)  # undone: the loaded segments' ranks as they were
+    assert_ranks_follow_values(commons, 1)  # what was ranked still orders its rows
     state = {"kind": "manifest", "version": 2, "filters": {"Modality": ["CT", "MR"]},
              "fields": ["GCS_URL"], "offset": 0}
     assert sorted_by_rank(commons, state)  # ranked again, with the new segment
