@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import re
 import shutil
 import threading
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +31,13 @@ from ..config import Archive
 from .schema import COLUMNS, SQL_TYPES
 
 ITEM_COLUMNS = [c.name for c in COLUMNS]
+log = logging.getLogger(__name__)
 
 # Columns that can single out an item row, which manifests and queries are often ordered by.
 # Loaded item segments carry each one's rank: its place in the sort order of that column's
-# values across every loaded segment. A result led by one of them, where it is unique in the
-# version, is then sorted by integers instead of long strings that share long prefixes.
+# values across every loaded segment, worked out in the background once segments load. A result
+# led by one of them, where it is unique in the version, is then sorted by integers instead of
+# long strings that share long prefixes.
 RANKED_KEYS = ("SeriesInstanceUID", "SOPInstanceUID", "crdc_series_uuid", "crdc_instance_uuid",
                "gcs_url")
 
@@ -177,8 +181,12 @@ class Catalog:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._loaded: dict[str, str] = {}  # file name -> in-memory table name
         self._item_tables: list[str] = []  # the loaded item segments, which share key ranks
+        self._item_views: list[str] = []
         self._ranks_stale = False  # an item segment was loaded since the last ranking
         self._key_ranks: dict[str, dict[str, str]] = {}  # items view -> {unique key: rank}
+        self._ranker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="key-ranks")
+        self._ranking: Future | None = None  # the last ranking started
+        self._ranking_active = False
         self._published_mtime: float | None = None
         self._published: dict = {}
         self._manifests: dict[int, dict] = {}  # published versions never change
@@ -282,8 +290,41 @@ class Catalog:
                     self._ranks_stale = True
             return self._loaded[file_name]
 
-    def _rank_keys(self) -> None:
-        """Rank every key's values across all loaded item segments (dense: equal values, equal
+    def _rank_in_background(self) -> None:
+        """Start ranking unless it is under way (it goes on while there is more to do). Called
+        with the lock held."""
+        if not self._ranking_active:
+            self._ranking_active = True
+            self._ranking = self._ranker.submit(self._rank_while_needed)
+
+    def _rank_while_needed(self) -> None:
+        """Rank the loaded segments again if one came since the last ranking, then find the
+        unique keys of the views that have not had them found. A failure (memory, say) leaves
+        those views sorting by their values, and the next segment to load tries again."""
+        while True:
+            with self._lock:
+                stale, self._ranks_stale = self._ranks_stale, False
+                tables = list(self._item_tables)  # (each view's segments are among them)
+                views = [view for view in self._item_views if view not in self._key_ranks]
+                if not stale and not views:
+                    self._ranking_active = False
+                    return
+            try:
+                if stale:
+                    self._rank_keys(tables)
+                found = {view: self._unique_keys(view) for view in views}
+            except Exception:
+                log.exception("ranking the catalogue's keys failed; results led by a key are "
+                              "sorted by its values until another segment loads")
+                with self._lock:
+                    self._ranks_stale = self._ranks_stale or stale
+                    self._ranking_active = False
+                return
+            with self._lock:
+                self._key_ranks.update(found)
+
+    def _rank_keys(self, tables: list[str]) -> None:
+        """Rank every key's values across the loaded item segments (dense: equal values, equal
         ranks), so that ranks compare across the segments a version is made of. A new segment
         shifts the others' ranks: all are rewritten in one transaction, and a query running
         meanwhile sees the old ranks or the new ones, never a mix."""
@@ -293,10 +334,10 @@ class Catalog:
             for key in RANKED_KEYS:
                 values = " UNION ALL ".join(
                     f"SELECT {part} AS part, rowid AS row, {_q(key)} AS value FROM {_q(table)} "
-                    f"WHERE {_q(key)} IS NOT NULL" for part, table in enumerate(self._item_tables))
+                    f"WHERE {_q(key)} IS NOT NULL" for part, table in enumerate(tables))
                 con.execute("CREATE OR REPLACE TEMP TABLE key_ranks AS SELECT part, row, "
                             f"dense_rank() OVER (ORDER BY value)::INTEGER AS rank FROM ({values})")
-                for part, table in enumerate(self._item_tables):
+                for part, table in enumerate(tables):
                     con.execute(f"UPDATE {_q(table)} SET {_q(rank_column(key))} = r.rank FROM "
                                 f"key_ranks r WHERE r.part = {part} AND {_q(table)}.rowid = r.row")
             con.execute("DROP TABLE key_ranks")
@@ -304,12 +345,20 @@ class Catalog:
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        self._ranks_stale = False
+
+    def settle_ranks(self) -> None:
+        """Wait for the ranking under way, if any: a server's warm-up does, so that its first
+        requests are served as all later ones will be."""
+        with self._lock:
+            ranking = self._ranking
+        if ranking is not None:
+            ranking.result()
 
     def key_ranks(self, relation: str) -> dict[str, str]:
-        """{key: its rank column} for the keys that are present and unique in every row of an
-        items view (of relation()): ordering its rows by such a key's rank orders them by the
-        key, and any selection that includes the key is already distinct."""
+        """{key: its rank column} for the keys that are present, unique and ranked in every row
+        of an items view (of relation()): ordering its rows by such a key's rank orders them by
+        the key, and any selection that includes the key is already distinct. Empty until the
+        view's segments are ranked."""
         return self._key_ranks.get(relation, {})
 
     def relation(self, number: int, kind: str) -> str:
@@ -328,8 +377,6 @@ class Catalog:
                     f"AND (version_max IS NULL OR version_max >= {int(number)})"
                     for f in files
                 ] or [empty_items_sql()]
-                if self._ranks_stale:
-                    self._rank_keys()
             else:
                 parts = [
                     f"SELECT * FROM {_q(self._table_for(f))} "
@@ -340,9 +387,10 @@ class Catalog:
                     raise CatalogError(f"Version {number} has no {kind} table")
             self.connection().execute(
                 f"CREATE OR REPLACE VIEW {_q(view)} AS " + " UNION ALL BY NAME ".join(parts))
-            if kind == "items" and files:
-                self._key_ranks[view] = self._unique_keys(view)
             self._loaded[view] = view
+            if kind == "items" and files:
+                self._item_views.append(view)
+                self._rank_in_background()
             return view
 
     def _unique_keys(self, view: str) -> dict[str, str]:

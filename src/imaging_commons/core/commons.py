@@ -100,12 +100,13 @@ class Commons:
         return CatalogSearch(self)
 
     def warm_up(self) -> None:
-        """Load the active version and build its search index before the first request needs
-        them (a server calls this in the background at start)."""
+        """Load the active version, build its search index and rank its keys before the first
+        request needs them (a server calls this in the background at start)."""
         try:
             self.search.index(self.catalog.active_version())
         except CatalogError:
-            pass  # nothing published yet: nothing to warm
+            return  # nothing published yet: nothing to warm
+        self.catalog.settle_ranks()
 
     @cached_property
     def tokens(self) -> PageTokens:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 from sqlglot import exp
@@ -62,12 +62,11 @@ class Attribute:
 @dataclass
 class Compiled:
     """A compiled query: the expression tree and the values for its placeholders, in order,
-    and the keys unique in the relation it reads, with their rank columns
-    (Catalog.key_ranks)."""
+    and the catalogue relation it reads (whose key ranks can order its rows)."""
 
     tree: exp.Select
     params: list
-    key_ranks: dict[str, str] = field(default_factory=dict)
+    relation: str | None = None
 
     def sql(self, dialect: str = "duckdb") -> str:
         return self._duckdb_sql if dialect == "duckdb" else self.tree.sql(dialect=dialect)
@@ -223,4 +222,4 @@ def compile_select(catalog: Catalog, version: int, filters: dict, outputs: list[
     if where is not None:
         tree = tree.where(where)
     tree = tree.order_by(*[exp.Ordered(this=col(name), nulls_first=False) for name, _ in outputs])
-    return Compiled(tree, params.values, catalog.key_ranks(items))
+    return Compiled(tree, params.values, items)

@@ -194,16 +194,17 @@ def _finite(value: exp.Expression) -> exp.Expression:
                                 true=value.copy())])
 
 
-def rows_as_json(compiled: Compiled, columns: list[tuple[str, str]]) -> exp.Select:
+def rows_as_json(compiled: Compiled, columns: list[tuple[str, str]],
+                 key_ranks: dict[str, str]) -> exp.Select:
     """The compiled query with each row rendered by DuckDB as one JSON object and a comma, in
     the query's order. `columns` are the query's output (name, DuckDB type); no two names may
     differ only in case (DuckDB's struct keys are case-insensitive). A query led by a key
-    unique in the relation it reads (compiled.key_ranks) is sorted by that key's rank, and
-    needs no DISTINCT."""
+    unique in the relation it reads (`key_ranks`, of Catalog.key_ranks) is sorted by that key's
+    rank, and needs no DISTINCT."""
     inner = compiled.tree.copy()
     order = inner.args.get("order")
     inner.set("order", None)
-    rank = _leading_key_rank(inner, order, compiled.key_ranks)
+    rank = _leading_key_rank(inner, order, key_ranks)
     if rank is not None:
         inner.set("distinct", None)
         inner.select(col(rank).as_(RANK_COLUMN, quoted=True), copy=False)
@@ -339,12 +340,14 @@ class ResultStore:
 
     def _rendered_sql(self, con: duckdb.DuckDBPyConnection, compiled: Compiled) -> str:
         """The SQL of rows_as_json. It depends on the query's shape (its SQL, placeholders and
-        all) and not on the values, so it is worked out once per shape: the output types it
-        needs take a DESCRIBE, and generating it another pass of sqlglot."""
+        all) and the key ranks of its relation, not on the values, so it is worked out once per
+        shape and ranks: the output types it needs take a DESCRIBE, and generating it another
+        pass of sqlglot."""
         sql = compiled.sql("duckdb")
+        ranks = self.catalog.key_ranks(compiled.relation) if compiled.relation else {}
 
         def render() -> str:
             columns = con.execute(f"DESCRIBE {sql}", compiled.params).fetchall()
-            return rows_as_json(compiled, [(d[0], d[1]) for d in columns]).sql("duckdb")
+            return rows_as_json(compiled, [(d[0], d[1]) for d in columns], ranks).sql("duckdb")
 
-        return self._shapes.get(sql, render)
+        return self._shapes.get(f"{sorted(ranks)}\n{sql}", render)
