@@ -259,7 +259,7 @@ class ResultStore:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="query")
         self._lock = threading.Lock()
         self._results: "OrderedDict[str, Result]" = OrderedDict()  # least recently used first
-        self._shapes = RecentlyUsed(SHAPES_KEPT)  # query SQL -> its rows_as_json SQL
+        self._shapes = RecentlyUsed(SHAPES_KEPT)  # key ranks and query SQL -> rows_as_json SQL
 
     def run(self, compiled: Compiled, deadline_s: float | None) -> Result:
         """The query's result once its first rows can be read (its ORDER BY done), waiting at
