@@ -1,0 +1,52 @@
+"""What to tell a person when the archive's disk cannot take a write: read-only, full, or not
+the process's to write.
+
+Such a fault is no bug of the request or the command that met it, so it is never answered with
+a traceback: the server answers 503 with the sentence `storage_problem` gives, and the CLI
+prints it as its one-line error. The faults come from the operating system (OSError), from
+DuckDB (its temporary files, its Parquet writes) and from the accounts database (SQLite through
+SQLAlchemy), each of which words them its own way.
+"""
+
+from __future__ import annotations
+
+import errno
+
+_READ_ONLY = "the archive's storage is read-only"
+_FULL = "the archive's disk is full"
+_DENIED = "this process may not write (or read) the archive's files"
+_FIXES = {
+    _READ_ONLY: "mount it read-write (or point --archive at a writable copy) and try again",
+    _FULL: "free some space on it and try again",
+    _DENIED: "run as the archive's owner, or give this user write access to it",
+}
+_BY_ERRNO = {errno.EROFS: _READ_ONLY, errno.ENOSPC: _FULL, errno.EDQUOT: _FULL,
+             errno.EACCES: _DENIED, errno.EPERM: _DENIED}
+# what DuckDB and SQLite say in place of an errno (lower case)
+_BY_TEXT = (("read-only file system", _READ_ONLY), ("readonly database", _READ_ONLY),
+            ("no space left on device", _FULL), ("database or disk is full", _FULL),
+            ("disk quota exceeded", _FULL), ("permission denied", _DENIED))
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """A one-line account of `exc`, with the fix, when it is the archive's storage refusing a
+    write; None for anything else."""
+    cause = None
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in _BY_ERRNO:
+            cause = _BY_ERRNO[e.errno]
+        else:
+            text = str(e).lower()
+            cause = next((c for marker, c in _BY_TEXT if marker in text), None)
+        if cause:
+            return f"{cause}: {_FIXES[cause]}"
+    return None
+
+
+def _chain(exc: BaseException):
+    """`exc` and the exceptions it was raised from (SQLAlchemy wraps the driver's)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
