@@ -20,6 +20,12 @@ TUNABLE_ENV = {
     "token_lifetime_s": ("IMAGING_COMMONS_TOKEN_LIFETIME", int),
     "query_deadline_s": ("IMAGING_COMMONS_QUERY_DEADLINE", float),
     "max_page_size": ("IMAGING_COMMONS_MAX_PAGE_SIZE", int),
+    "max_body_bytes": ("IMAGING_COMMONS_MAX_BODY", int),
+    "cors_origins": ("IMAGING_COMMONS_CORS_ORIGINS", str),
+    "login_free_failures": ("IMAGING_COMMONS_LOGIN_FREE_FAILURES", int),
+    "login_max_delay_s": ("IMAGING_COMMONS_LOGIN_MAX_DELAY", int),
+    "heavy_per_client": ("IMAGING_COMMONS_HEAVY_PER_CLIENT", int),
+    "max_list_rows": ("IMAGING_COMMONS_MAX_LIST_ROWS", int),
 }
 
 
@@ -46,6 +52,18 @@ class Archive:
     token_lifetime_s: int = 7200
     query_deadline_s: float = 30.0
     max_page_size: int = 65536
+    # request bodies over this are refused (413) as they arrive, never read whole first
+    max_body_bytes: int = 16 << 20
+    # origins allowed to call the APIs from a browser page ("*" for any); none by default
+    cors_origins: str = ""
+    # sign-in failures per user name and per address before each further failure doubles
+    # the wait (1 s, 2 s, 4 s, ... up to login_max_delay_s), refused with 429 until it passes
+    login_free_failures: int = 5
+    login_max_delay_s: int = 900
+    # heavy answers (whole lists, zips) one client may have running at once
+    heavy_per_client: int = 4
+    # the most rows one NBIA list answer holds (the whole IDC catalogue is ~1.04M series)
+    max_list_rows: int = 2_000_000
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -3,25 +3,38 @@
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 from contextlib import asynccontextmanager
 
+import duckdb
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import Archive
 from ..core.commons import Commons
-from . import auth, errors
+from ..core.storage import storage_problem
+from . import auth, errors, security
 
 
 def warm_up_and_settle(commons: Commons) -> None:
     """Warm the archive, then take every object the process holds by then out of the garbage
     collector's reach. A full collection walked all ~140k of them (the libraries' functions,
     types and modules, which live as long as the process) in ~60 ms, a pause that fell on
-    whichever request was running; frozen, a collection walks only what came since."""
-    commons.warm_up()
+    whichever request was running; frozen, a collection walks only what came since.
+    An archive whose storage refuses the warm-up is said in one line: requests then answer
+    503 with the same sentence."""
+    try:
+        commons.warm_up()
+    except Exception as exc:
+        problem = storage_problem(exc)
+        if problem is None:
+            raise
+        logging.getLogger("imaging_commons").error("cannot warm up the archive: %s", problem)
     gc.collect()  # (garbage frozen with the rest would never be collected)
     gc.freeze()
 
@@ -34,6 +47,7 @@ def create_app(archive: Archive) -> FastAPI:
         # the first search of a big catalogue builds an index: start it before anyone asks, and
         # let it finish before shutting down (DuckDB aborts the process if a query is still
         # running in a thread when the interpreter exits)
+        security.scrub_access_log()  # (uvicorn has set up its loggers by now)
         warming = threading.Thread(target=warm_up_and_settle, args=(app.state.commons,),
                                    name="warm-up")
         warming.start()
@@ -46,11 +60,18 @@ def create_app(archive: Archive) -> FastAPI:
         version=__version__,
         description="IDC API v1 (under /v1) and the NBIA REST API (under /nbia-api) over one "
                     "archive.",
-        docs_url="/docs",
+        docs_url=None,
         redoc_url=None,
+        max_body_size=archive.max_body_bytes,
     )
     app.state.commons = Commons(archive)
+    app.mount(security.SWAGGER_ASSETS_URL, StaticFiles(directory=security.SWAGGER_ASSETS),
+              name="swagger-assets")
+    app.add_api_route("/docs", lambda: security.swagger_page(app.openapi_url, "Imaging Commons"),
+                      include_in_schema=False)
     app.add_exception_handler(errors.ApiError, errors.api_error_handler)
+    for fault in (OSError, duckdb.Error, SQLAlchemyError):
+        app.add_exception_handler(fault, errors.storage_error_handler)
     app.add_exception_handler(RequestValidationError, errors.validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
     app.add_exception_handler(Exception, errors.unexpected_error_handler)
@@ -58,4 +79,8 @@ def create_app(archive: Archive) -> FastAPI:
     app.include_router(idc_v1.router)
     app.include_router(nbia.router)
     app.include_router(nbia_images.router)
+    app.add_middleware(security.HeavyRequestLimit, per_client=archive.heavy_per_client,
+                       is_heavy=nbia.is_heavy)
+    app.add_middleware(security.SecurityHeaders)
+    security.add_cors(app, archive.cors_origins)
     return app

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..core.accounts import AccountError, InvalidToken, User
+from ..core.sign_ins import TooManyFailures
 from .errors import ApiError
 
 router = APIRouter(tags=["auth"])
@@ -85,25 +86,32 @@ def _token_response(pair) -> JSONResponse:
     }, headers={"Cache-Control": "no-store"})
 
 
-def _grant_error(status: int, error: str, description: str | None = None) -> JSONResponse:
+def _grant_error(status: int, error: str, description: str | None = None,
+                 headers: dict | None = None) -> JSONResponse:
     """The OAuth2 error body; NBIA sends no description with unsupported_grant_type."""
     body = {"error": error}
     if description:
         body["error_description"] = description
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def oauth_token(request: Request, params: dict = Depends(_oauth_params)):
     """Form fields (or query parameters): username, password, client_id, client_secret,
     grant_type (password | refresh_token), refresh_token. A plain function, run in the thread
     pool: checking a password is deliberately slow, and must not stall other connections."""
-    accounts = request.app.state.commons.accounts
+    commons = request.app.state.commons
+    accounts = commons.accounts
     grant = params.get("grant_type", "password")
     if grant == "password":
         username = params.get("username")
         if not username:
             return _grant_error(400, "invalid_request", "Missing parameter: username")
-        user = accounts.authenticate(username, params.get("password", ""))
+        try:
+            user = commons.sign_in(username, params.get("password", ""),
+                                   request.client.host if request.client else None)
+        except TooManyFailures as e:
+            return _grant_error(429, "invalid_grant", str(e),
+                                headers={"Retry-After": str(e.retry_after)})
         if user is None:
             return _grant_error(401, "invalid_grant", "Invalid user credentials")
         return _token_response(accounts.issue_tokens(user))

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..core.storage import storage_problem
+
+_log = logging.getLogger("imaging_commons")
 
 
 class ApiError(Exception):
@@ -59,12 +65,23 @@ async def http_error_handler(request: Request, exc: StarletteHTTPException):
                              headers=getattr(exc, "headers", None))
 
 
+def _answer(request: Request, status: int, message: str):
+    if _is_idc(request):
+        return idc_error(status, message)
+    return PlainTextResponse(message, status_code=status)
+
+
+async def storage_error_handler(request: Request, exc: Exception):
+    """The errors of the file system, DuckDB and the accounts database: a 503 that says what
+    is wrong when it is the archive's storage refusing (read-only, full), else a 500."""
+    problem = storage_problem(exc)
+    if problem is None:
+        return await unexpected_error_handler(request, exc)
+    _log.error("%s %s: %s", request.method, request.url.path, problem)
+    return _answer(request, 503, f"The archive cannot be used now: {problem}")
+
+
 async def unexpected_error_handler(request: Request, exc: Exception):
     """Last resort: a clear 500 in the API's own shape, never a stack trace."""
-    import logging
-
-    logging.getLogger("imaging_commons").exception("unhandled error on %s", request.url.path)
-    message = "Internal server error"
-    if _is_idc(request):
-        return idc_error(500, message)
-    return PlainTextResponse(message, status_code=500)
+    _log.exception("unhandled error on %s", request.url.path)
+    return _answer(request, 500, "Internal server error")

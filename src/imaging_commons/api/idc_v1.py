@@ -14,7 +14,6 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -27,6 +26,7 @@ from ..core.query import FilterError
 from ..core.results import Pending
 from .auth import optional_user, required_user
 from .errors import ApiError
+from .security import swagger_page
 
 router = APIRouter(prefix="/v1", tags=["IDC API v1"])
 
@@ -436,7 +436,7 @@ def v1_openapi(request: Request):
 
 @route("GET", "/swagger", include_in_schema=False)
 def swagger(request: Request) -> HTMLResponse:
-    return get_swagger_ui_html(openapi_url="/v1/openapi.json", title="IDC API v1")
+    return swagger_page("/v1/openapi.json", "IDC API v1")
 
 
 @route("GET", "/versions", summary="IDC data versions")

@@ -14,7 +14,6 @@ import datetime as dt
 import html
 import inspect
 import itertools
-import json
 import re
 import time
 from collections import Counter, defaultdict
@@ -23,13 +22,15 @@ from dataclasses import dataclass
 from typing import Annotated
 from xml.sax.saxutils import escape as xml_escape
 
+import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from ..core.accounts import AccountError, User
 from ..core.catalog import normalise_collection_id, stable_pk
-from ..core.search import (SORT_FIELDS, CatalogSearch, Criteria, DrillDownStudy, PatientResult,
-                           Scope, SearchError, SearchPage, Sort, doi_url, patient_pk)
+from ..core.search import (SORT_FIELDS, AnswerTooLarge, CatalogSearch, Criteria, DrillDownStudy,
+                           PatientResult, Scope, SearchError, SearchPage, Sort, doi_url,
+                           patient_pk)
 from .auth import nbia_user
 from .errors import ApiError
 
@@ -150,29 +151,48 @@ def searcher(request: Request) -> CatalogSearch:
     return request.app.state.commons.search
 
 
+def max_list_rows(request: Request) -> int:
+    return request.app.state.commons.archive.max_list_rows
+
+
 Caller = Annotated[User, Depends(nbia_user)]
 CallerScope = Annotated[Scope, Depends(caller_scope)]
 Search = Annotated[CatalogSearch, Depends(searcher)]
 
 
+# Names of the services whose answers can run to a whole collection or series (lists, zips):
+# HeavyRequestLimit counts them per client.
+HEAVY: set[str] = set()
+
+
+def is_heavy(path: str) -> bool:
+    return path.startswith(SERVICES) and path.rpartition("/")[2] in HEAVY
+
+
 def serve(name: str, *prefixes: str, methods=("GET", "POST"),
-          target: APIRouter | None = None) -> Callable:
+          target: APIRouter | None = None, heavy: bool = False) -> Callable:
     """Register one handler as services/<prefix>/<name> for each prefix ('' = unversioned) on
-    `target` (this module's router by default); its documentation lists the parameters its
-    `taking` dependency reads."""
+    `target` (this module's router by default). Its OpenAPI operation declares, as optional
+    string query parameters, the parameters its `taking` dependency reads (on POST they may
+    come as form fields too); `heavy` marks an answer that can be as large as a collection."""
 
     def register(handler: Callable) -> Callable:
         summary, _, details = (handler.__doc__ or "").partition("\n")
         readers = [p.default.dependency for p in inspect.signature(handler).parameters.values()
                    if hasattr(getattr(p.default, "dependency", None), "allowed")]
-        taken = ", ".join(readers[0].allowed) if readers else "none"
+        taken = readers[0].allowed if readers else ()
+        declared = [{"name": param.replace("{i}", str(i)), "in": "query", "required": False,
+                     "schema": {"type": "string"}}
+                    for param in taken for i in ((0, 1) if "{i}" in param else (0,))]
+        if heavy:
+            HEAVY.add(name)
         for prefix, method in itertools.product(prefixes, methods):
             path = "/".join(part for part in (SERVICES, prefix, name) if part)
             # one route per method, so each OpenAPI operation has its own id
             (target or router).add_api_route(
                 path, handler, methods=[method], name=f"{method} {path}",
-                summary=summary.strip(),
-                description=f"{details.strip()}\n\nParameters: {taken}")
+                summary=summary.strip(), description=details.strip(),
+                openapi_extra={"parameters": declared} if declared else None)
         return handler
 
     return register
@@ -475,7 +495,10 @@ def listing(request: Request, params: Params, scope: Scope, columns: Sequence[st
     if wire.version == 4 and len(columns) > 1:
         columns = (*columns, "Authorized")
     batches = iter(batches)
-    first = next(batches, None)
+    try:
+        first = next(batches, None)
+    except AnswerTooLarge as exc:
+        raise ApiError(400, str(exc)) from None
     if not first:
         return Response(status_code=200)
     rows = (wire.values(r, columns) for batch in itertools.chain([first], batches) for r in batch)
@@ -487,9 +510,9 @@ def json_chunks(columns: Sequence[str], rows: Iterator[list]) -> Iterator[str]:
     yield "["
     separator = ""
     while batch := list(itertools.islice(rows, 2000)):
-        yield separator + ",".join(
-            json.dumps({c: v for c, v in zip(columns, row) if v is not None},
-                       separators=(",", ":")) for row in batch)
+        yield separator + ",".join(  # orjson: whole-collection lists are CPU-bound here
+            orjson.dumps({c: v for c, v in zip(columns, row) if v is not None}).decode()
+            for row in batch)
         separator = ","
     yield "]"
 
@@ -760,7 +783,7 @@ def simple_search(scope: CallerScope, search: Search,
         "sort": sort_echo})
 
 
-@serve("getManifestForSimpleSearch", *ADVANCED)
+@serve("getManifestForSimpleSearch", *ADVANCED, heavy=True)
 def manifest_for_simple_search(request: Request, scope: CallerScope, search: Search,
                                params: Params = Depends(taking(*CRITERIA_PARAMETERS))) -> Response:
     """The manifest of the series of one page of a simple search (size defaults to all)"""
@@ -798,8 +821,8 @@ def text_search(scope: CallerScope, search: Search,
         "hit": p.hit, "studyIdentifiers": study_identifiers(p)} for p in patients])
 
 
-@serve("GetManifestForTextSearch", *ADVANCED)
-@serve("getManifestForTextSearch", *ADVANCED)
+@serve("GetManifestForTextSearch", *ADVANCED, heavy=True)
+@serve("getManifestForTextSearch", *ADVANCED, heavy=True)
 def manifest_for_text_search(request: Request, scope: CallerScope, search: Search,
                              params: Params = Depends(taking("textValue"))) -> Response:
     """The manifest of the series a text search finds"""
@@ -952,35 +975,37 @@ _values_route("getManufacturerValues", "Manufacturer",
 SERIES_PARAMETERS = tuple(SERIES_FILTERS)
 
 
-@serve("getSeries", *VERSIONED)
+@serve("getSeries", *VERSIONED, heavy=True)
 def series(request: Request, scope: CallerScope, search: Search,
            params: Params = Depends(taking(*SERIES_PARAMETERS))) -> Response:
     """Series, filtered by any of Collection, PatientID, StudyInstanceUID, SeriesInstanceUID,
     Modality, BodyPartExamined, Manufacturer, ManufacturerModelName"""
     return listing(request, params, scope, SERIES_COLUMNS,
-                   search.iter_series(scope, series_filters(params)))
+                   search.iter_series(scope, series_filters(params), max_list_rows(request)))
 
 
-@serve("getUpdatedSeries", *VERSIONED)
+@serve("getUpdatedSeries", *VERSIONED, heavy=True)
 def updated_series(request: Request, scope: CallerScope, search: Search,
                    params: Params = Depends(taking("fromDate"))) -> Response:
     """Series released or revised on or after fromDate (v4: MM-DD-YYYY; v1/v2: dd/MM/yyyy)"""
     since = version_date(params, "fromDate")
     columns = UPDATED_SERIES_COLUMNS_V4 if api_version(request) == 4 else SERIES_COLUMNS
     return listing(request, params, scope, columns,
-                   search.iter_series(scope, Criteria(released_since=since)))
+                   search.iter_series(scope, Criteria(released_since=since),
+                                      max_list_rows(request)))
 
 
-@serve("getContentsByName", *VERSIONED)
+@serve("getContentsByName", *VERSIONED, heavy=True)
 def contents_by_name(request: Request, scope: CallerScope, search: Search,
                      params: Params = Depends(taking("name"))) -> Response:
     """The series of a saved cart"""
     uids = shared_list_uids(request, params.required("name"))
-    batches = search.iter_series(scope, Criteria(series_uids=uids)) if uids else []
+    batches = (search.iter_series(scope, Criteria(series_uids=uids), max_list_rows(request))
+               if uids else [])
     return listing(request, params, scope, SERIES_COLUMNS, batches)
 
 
-@serve("getPatient", *VERSIONED)
+@serve("getPatient", *VERSIONED, heavy=True)
 def patients(request: Request, scope: CallerScope, search: Search,
              params: Params = Depends(taking("Collection", "PatientId"))) -> Response:
     """Patients, optionally of one Collection (and one PatientId)"""
@@ -1001,7 +1026,7 @@ def patients_by_collection_and_modality(
 NEW_PATIENT_PARAMETERS = ("Collection", "Date", "fromDate")
 
 
-@serve("NewPatientsInCollection", *VERSIONED)
+@serve("NewPatientsInCollection", *VERSIONED, heavy=True)
 def new_patients(request: Request, scope: CallerScope, search: Search,
                  params: Params = Depends(taking(*NEW_PATIENT_PARAMETERS))) -> Response:
     """Patients of a Collection with a series released on or after Date
@@ -1014,7 +1039,7 @@ def new_patients(request: Request, scope: CallerScope, search: Search,
 STUDY_PARAMETERS = ("Collection", "PatientID", "StudyInstanceUID")
 
 
-@serve("getPatientStudy", *VERSIONED)
+@serve("getPatientStudy", *VERSIONED, heavy=True)
 def patient_studies(request: Request, scope: CallerScope, search: Search,
                     params: Params = Depends(taking(*STUDY_PARAMETERS))) -> Response:
     """Studies, filtered by any of Collection, PatientID, StudyInstanceUID"""
@@ -1025,7 +1050,7 @@ def patient_studies(request: Request, scope: CallerScope, search: Search,
 NEW_STUDY_PARAMETERS = ("Collection", "PatientID", "Date", "fromDate")
 
 
-@serve("NewStudiesInPatientCollection", *VERSIONED)
+@serve("NewStudiesInPatientCollection", *VERSIONED, heavy=True)
 def new_studies(request: Request, scope: CallerScope, search: Search,
                 params: Params = Depends(taking(*NEW_STUDY_PARAMETERS))) -> Response:
     """Studies of a Collection (and PatientID) with a series released on or after Date"""

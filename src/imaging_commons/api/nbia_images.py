@@ -31,8 +31,9 @@ HIERARCHY_PARAMETERS = {"SeriesInstanceUID": Level.SERIES, "StudyInstanceUID": L
                         "PatientID": Level.PATIENT, "Collection": Level.COLLECTION}
 
 
-def serve(name: str, *prefixes: str, methods: tuple[str, ...] = ("GET",)) -> Callable:
-    return nbia.serve(name, *prefixes, methods=methods, target=router)
+def serve(name: str, *prefixes: str, methods: tuple[str, ...] = ("GET",),
+          heavy: bool = False) -> Callable:
+    return nbia.serve(name, *prefixes, methods=methods, target=router, heavy=heavy)
 
 
 @contextmanager
@@ -104,7 +105,7 @@ def series_instance(request: Request, user: User, series_uid: str,
         return downloads.series_instance(request.app.state.commons, user, series_uid, sop_uid)
 
 
-@serve("getImage", "v1", "v2", "v4")
+@serve("getImage", "v1", "v2", "v4", heavy=True)
 def get_image(request: Request, user: User = Depends(nbia_user),
               params: Params = Depends(taking("SeriesInstanceUID", "NewFileNames"))):
     """A series as a zip: LICENSE first, then its images in InstanceNumber order.
@@ -121,7 +122,7 @@ def get_image(request: Request, user: User = Depends(nbia_user),
                         + image_members(names, series))
 
 
-@serve("getImageWithMD5Hash", "v1", "v2", "v4")
+@serve("getImageWithMD5Hash", "v1", "v2", "v4", heavy=True)
 def get_image_with_md5_hash(request: Request, user: User = Depends(nbia_user),
                             params: Params = Depends(taking("SeriesInstanceUID"))):
     """A series as a zip of `00000001.dcm`, ... in InstanceNumber order, then `md5hashes.csv`.

@@ -22,6 +22,7 @@ from .query import Compiled, FilterError, attributes, col, compile_select
 from .cache import RecentlyUsed
 from .results import Pending, Result, ResultStore
 from .schema import CONTINUOUS_NUMERIC, DICOM_METADATA_COLUMNS
+from .sign_ins import SignInThrottle
 
 GUID_PREFIX = "dg.4DFC/"
 COMPILED_KEPT = 256  # compiled queries remembered for the pages that follow
@@ -91,6 +92,21 @@ class Commons:
     @cached_property
     def accounts(self) -> Accounts:
         return Accounts(self.archive.database_url, token_lifetime_s=self.archive.token_lifetime_s)
+
+    @cached_property
+    def sign_ins(self) -> SignInThrottle:
+        return SignInThrottle(self.archive.login_free_failures, self.archive.login_max_delay_s)
+
+    def sign_in(self, username: str, password: str, address: str | None) -> User | None:
+        """The user a password signs in, or None; raises TooManyFailures, unchecked, while
+        the name or the caller's address must wait after too many wrong passwords."""
+        self.sign_ins.check(username, address)
+        user = self.accounts.authenticate(username, password)
+        if user is None:
+            self.sign_ins.failed(username, address)
+        else:
+            self.sign_ins.succeeded(username)
+        return user
 
     @cached_property
     def search(self):
