@@ -502,6 +502,35 @@ def test_restricted_series_need_a_grant(restricted):
         "\n".join(public_only).encode()).hexdigest()
 
 
+def identifier_requests(row: dict) -> list[tuple[str, str, dict, str]]:
+    """Every image endpoint asked about one of `row`'s identifiers, with the identifier's
+    value: (method, path, params, value)."""
+    series, sop, study = row["SeriesInstanceUID"], row["SOPInstanceUID"], row["StudyInstanceUID"]
+    return [(method, path, params, series) for method, path, params in series_requests(row)] + [
+        ("GET", "v2/getM5HashForImage", {"SOPInstanceUid": sop}, sop),
+        ("GET", "getDicomTagsByImageID", {"imageID": str(stable_pk(sop))}, str(stable_pk(sop))),
+        ("GET", "getMD5Hierarchy", {"StudyInstanceUID": study}, study),
+        ("GET", "getMD5Hierarchy", {"Collection": row["collection_id"]}, row["collection_id"]),
+    ]
+
+
+def test_restricted_and_unknown_identifiers_get_the_same_answer(restricted):
+    """No existence oracle: for a caller without a grant, an identifier in a restricted
+    collection is answered exactly as one that exists nowhere (the value itself aside)."""
+    live, secret, _ = restricted
+    unknown = {"SeriesInstanceUID": generate_uid(), "SOPInstanceUID": generate_uid(),
+               "StudyInstanceUID": generate_uid(), "collection_id": "no-such-collection"}
+    ungranted = live.user_token("no-grant-oracle")
+    for token in (None, ungranted):
+        for there, nowhere in zip(identifier_requests(secret[0]), identifier_requests(unknown)):
+            (method, path, params, value), (_, _, other_params, other) = there, nowhere
+            hidden = call(live, path, method, token=token, **params)
+            absent = call(live, path, method, token=token, **other_params)
+            assert hidden.status_code == absent.status_code == 400, (path, hidden.text)
+            assert hidden.text.replace(value, "<id>") == absent.text.replace(other, "<id>"), path
+            assert hidden.headers["content-type"] == absent.headers["content-type"]
+
+
 def test_an_invalid_token_is_refused(server, big_series):
     response = call(server, "v4/getImage", token="not-a-token",
                     SeriesInstanceUID=big_series[0]["SeriesInstanceUID"])
@@ -556,12 +585,16 @@ def test_a_malformed_form_body_is_a_client_error(server):
     assert response.status_code == 400
 
 
-@pytest.mark.parametrize("image_id, status", [
-    ("abc", 400), ("-1", 400), ("1.5", 400), ("1e3", 400), (" ", 400), ("0x10", 400),
-    ("٣", 400), ("9" * 31, 400), ("9" * 30, 404), (str(2**52), 404), (str(2**64), 404), ("0", 404),
-])
-def test_image_ids_must_be_integers(server, image_id, status):
-    assert call(server, "getDicomTagsByImageID", imageID=image_id).status_code == status
+@pytest.mark.parametrize("image_id", ["abc", "-1", "1.5", "1e3", " ", "0x10", "٣", "9" * 31])
+def test_image_ids_must_be_integers(server, image_id):
+    response = call(server, "getDicomTagsByImageID", imageID=image_id)
+    assert response.status_code == 400 and "imageID" in response.text
+
+
+@pytest.mark.parametrize("image_id", ["9" * 30, str(2**52), str(2**64), "0"])
+def test_unknown_image_ids_are_answered_as_not_granted(server, image_id):
+    response = call(server, "getDicomTagsByImageID", imageID=image_id)
+    assert (response.status_code, response.text) == (400, not_granted(image_id, "imageID"))
 
 
 # ----- memory --------------------------------------------------------------------------------

@@ -38,15 +38,21 @@ def serve(name: str, *prefixes: str, methods: tuple[str, ...] = ("GET",),
 
 @contextmanager
 def answering_about(name: str, value: str) -> Iterator[None]:
-    """Turn the core's refusals into NBIA answers about the identifier the caller sent."""
+    """Turn the core's refusals into NBIA answers about the identifier the caller sent.
+
+    Files catalogued here but held in IDC's public bucket are a 404 naming where they are, as
+    is an image missing from a series the caller may see.
+    Anything else not found is answered as NBIA answers a series the caller may not see (400,
+    "not been granted"), the same whether it is restricted or exists nowhere: a caller
+    without a grant cannot tell the two apart."""
     try:
         yield
-    except downloads.NotGranted:
+    except (downloads.NotHeldLocally, downloads.NotInSeries) as exc:
+        raise ApiError(404, str(exc)) from None
+    except downloads.NotFound:
         raise ApiError(400, f"The user has not been granted the access to image with given "
                             f"{name},{value}. Please contact System Admin to resolve this "
                             f"issue.") from None
-    except downloads.NotFound as exc:
-        raise ApiError(404, str(exc)) from None
 
 
 def new_file_names(count: int) -> list[str]:

@@ -2,9 +2,11 @@
 
 Every NBIA image endpoint starts the same way: resolve a UID (or an image id) in the active
 version to the blobs that hold it, for one caller. Doing that here, once, keeps the visibility
-rule (restricted collections) and the difference between "unknown" and "catalogued from IDC
-but not stored here" identical across endpoints. Results are plain dataclasses; nothing here
-knows about HTTP.
+rule and the difference between "unknown" and "catalogued from IDC but not stored here"
+identical across endpoints. The visibility rule: what lies in a restricted collection the
+caller has no grant for does not exist for that caller. It raises the same NotFound as an
+identifier nobody has, so no answer tells a caller whether a restricted collection, patient,
+study, series or image exists. Results are plain dataclasses; nothing here knows about HTTP.
 """
 
 from __future__ import annotations
@@ -37,15 +39,15 @@ class DownloadError(Exception):
 
 
 class NotFound(DownloadError):
-    """Nothing with that identifier exists in the active version."""
+    """Nothing with that identifier exists in the active version that the caller may see."""
 
 
 class NotHeldLocally(NotFound):
     """Catalogued (imported from IDC) but the files live in a public bucket, not here."""
 
 
-class NotGranted(DownloadError):
-    """Everything matching lies in restricted collections the caller has no grant for."""
+class NotInSeries(DownloadError):
+    """A series the caller may see has no image with that SOPInstanceUID."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def series_instance(commons: Commons, user: User, series_uid: str, sop_uid: str)
     for instance in series_instances(commons, user, series_uid):
         if instance.sop_instance_uid == sop_uid:
             return instance
-    raise NotFound(f"No image with SOPInstanceUID {sop_uid} in series {series_uid}")
+    raise NotInSeries(f"No image with SOPInstanceUID {sop_uid} in series {series_uid}")
 
 
 def instance_by_sop_uid(commons: Commons, user: User, sop_uid: str) -> StoredInstance:
@@ -146,25 +148,19 @@ class _View:
 
 
 def _single_instance(view: _View, condition: str, value, missing: str) -> StoredInstance:
-    rows = _query_instances(view, condition, [value])
-    if not rows:
-        raise NotFound(missing)
-    visible = [r for r in rows if r.collection_id not in view.hidden]
+    visible = _query_instances(view, condition, [value])
     if not visible:
-        raise NotGranted(f"{missing} that the caller may see")
+        raise NotFound(missing)
     return visible[0]
 
 
 def _stored_instances(view: _View, scope: dict[Level, str]) -> list[StoredInstance]:
     """Visible stored instances matching every level of `scope`, in download order; raises
-    when there are none, saying whether they are unknown, restricted or held elsewhere."""
+    when there are none, saying whether they are unknown (to this caller) or held elsewhere."""
     described = ", ".join(f"{level.name.lower()} {value}" for level, value in scope.items())
     condition, params = _scope_condition(scope)
-    rows = _query_instances(view, condition, params)
-    if rows:
-        visible = [r for r in rows if r.collection_id not in view.hidden]
-        if not visible:
-            raise NotGranted(f"{described} is in a restricted collection")
+    visible = _query_instances(view, condition, params)
+    if visible:
         return visible
     _explain_absence(view, condition, params, described)
 
@@ -176,10 +172,12 @@ def _scope_condition(scope: dict[Level, str]) -> tuple[str, list[str]]:
 
 
 def _query_instances(view: _View, condition: str, params: list) -> list[StoredInstance]:
+    """The stored instances matching `condition` that the caller may see."""
     columns = ", ".join(f'"{c}"' for c in _INSTANCE_COLUMNS)
     rows = view.execute(f"SELECT {columns} FROM {view.relation('items')} "
-                        f"WHERE level = 'instance' AND {condition} ORDER BY {_INSTANCE_ORDER}",
-                        params)
+                        f"WHERE level = 'instance' AND {condition} "
+                        f"AND NOT list_contains(?, collection_id) ORDER BY {_INSTANCE_ORDER}",
+                        [*params, sorted(view.hidden)])
     blob_dir = view.commons.archive.blob_dir
     return [StoredInstance(sop, series, number, md5, blob_dir / key, collection, license, crc)
             for sop, series, number, md5, key, collection, license, crc in rows]
@@ -188,17 +186,12 @@ def _query_instances(view: _View, condition: str, params: list) -> list[StoredIn
 def _explain_absence(view: _View, condition: str, params: list, described: str) -> NoReturn:
     """Raise the right error when no stored file matches: series rows imported from the IDC
     catalogue have no local files, but their gcs_url says where the files are."""
-    rows = view.execute(f"SELECT collection_id, count(*), min(gcs_url) FROM "
-                        f"{view.relation('items')} WHERE level = 'series' AND {condition} "
-                        f"GROUP BY collection_id ORDER BY 1", params)
-    if not rows:
+    row = view.execute(f"SELECT count(*), min(gcs_url) FROM {view.relation('items')} "
+                       f"WHERE level = 'series' AND {condition} "
+                       f"AND NOT list_contains(?, collection_id)", [*params, sorted(view.hidden)])
+    count, location = row[0]
+    if not count:
         raise NotFound(f"No {described} in this archive")
-    visible = [(count, location) for collection, count, location in rows
-               if collection not in view.hidden]
-    if not visible:
-        raise NotGranted(f"{described} is in a restricted collection")
-    count = sum(c for c, _ in visible)
-    location = min(loc for _, loc in visible)
     where = (f"its files are in the public bucket at {location}" if count == 1 else
              f"the files of its {count} series are in the public bucket, e.g. {location}")
     raise NotHeldLocally(f"The files of {described} are not stored on this server: it is "
