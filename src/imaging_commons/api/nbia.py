@@ -33,6 +33,7 @@ from ..core.search import (SORT_FIELDS, AnswerTooLarge, CatalogSearch, Criteria,
                            patient_pk)
 from .auth import nbia_user
 from .errors import ApiError
+from .security import attachment
 
 router = APIRouter(tags=["NBIA search"])
 
@@ -518,10 +519,12 @@ def json_chunks(columns: Sequence[str], rows: Iterator[list]) -> Iterator[str]:
 
 
 def csv_chunks(columns: Sequence[str], rows: Iterator[list]) -> Iterator[str]:
-    """NBIA's CSV: one column unquoted; several with every field quoted, `"` doubled."""
+    """NBIA's CSV: one column unquoted; several with every field quoted, `"` doubled. A lone
+    column's value holding a quote, comma or line break is quoted all the same (RFC 4180), or
+    it would end its row early or add rows of its own."""
     if len(columns) == 1:
         yield columns[0] + "\n"
-        yield from ("" if row[0] is None else f"{row[0]}\n" for row in rows)
+        yield from ("" if row[0] is None else f"{_csv_cell(str(row[0]))}\n" for row in rows)
         return
 
     def line(values) -> str:
@@ -530,6 +533,10 @@ def csv_chunks(columns: Sequence[str], rows: Iterator[list]) -> Iterator[str]:
 
     yield line(columns)
     yield from (line(row) for row in rows)
+
+
+def _csv_cell(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if re.search(r'[",\r\n]', text) else text
 
 
 XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -558,7 +565,7 @@ def html_chunks(columns: Sequence[str], rows: Iterator[list]) -> Iterator[str]:
 def csv_answer(columns: Sequence[str], wire: Wire, records: list[dict],
                filename: str | None = None) -> Response:
     body = "".join(csv_chunks(columns, (wire.values(r, columns) for r in records)))
-    headers = {"Content-Disposition": f'attachment; filename="{filename}"'} if filename else None
+    headers = {"Content-Disposition": attachment(filename)} if filename else None
     return Response(body, media_type="text/csv", headers=headers)
 
 

@@ -22,6 +22,7 @@ from ..core.imaging import ImageUnavailable, dicom_tags, render_thumbnail
 from ..core.zips import Member, iter_zip
 from .auth import nbia_user
 from .errors import ApiError
+from .security import attachment
 from . import nbia
 from .nbia import Params, taking
 
@@ -97,7 +98,7 @@ def image_members(names: list[str], series: downloads.SeriesFiles) -> list[Membe
 
 def zip_response(series_uid: str, members: list[Member]) -> StreamingResponse:
     return StreamingResponse(iter_zip(members), media_type="application/zip", headers={
-        "Content-Disposition": f'attachment; filename="{series_uid}.zip"'})
+        "Content-Disposition": attachment(f"{series_uid}.zip")})
 
 
 def series_files(request: Request, user: User, series_uid: str) -> downloads.SeriesFiles:

@@ -21,6 +21,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..core.zips import safe_file_name
+
 # An API answer is data, never a page to run: no scripts, no styles, no framing.
 API_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 # The Swagger pages: their scripts, styles and the OpenAPI document come from this server
@@ -60,6 +62,11 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+def attachment(filename: str) -> str:
+    """A Content-Disposition value offering `filename` (made safe) for download."""
+    return f'attachment; filename="{safe_file_name(filename)}"'
 
 
 def scrub_query(path: str) -> str:

@@ -10,6 +10,7 @@ puts CRC and sizes in the local headers up front and streams the files' bytes un
 
 from __future__ import annotations
 
+import re
 import struct
 import time
 import zlib
@@ -30,6 +31,21 @@ class Member:
     name: str
     source: Path | bytes
     crc32: int | None = None
+
+
+def safe_file_name(name: str) -> str:
+    """A file name made from identifiers, safe to save as given: any character but letters,
+    digits, '.', '-' and '_' becomes '_' and leading dots are dropped, so it cannot reach
+    outside the folder it is saved or extracted in ('../', '/etc', 'C:\\'), hide itself, or
+    carry a quote or a control character into a header or a listing. Downloads are offered
+    under such names."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"
+
+
+def member_path(name: str) -> str:
+    """The path a member is written under: `name`'s '/'-separated parts, each made a safe
+    file name, so it extracts inside the folder it is extracted in, whatever it was."""
+    return "/".join(safe_file_name(part) for part in name.split("/"))
 
 
 def _dos_time(epoch: float) -> tuple[int, int]:
@@ -113,7 +129,8 @@ def iter_zip(members: Iterable[Member], chunk_size: int = 1 << 20) -> Iterator[b
             stat = member.source.stat()
             size, stamp = stat.st_size, stat.st_mtime
             crc = _file_crc32(member.source, chunk_size) if member.crc32 is None else member.crc32
-        entry = _Written(member.name.encode(), crc, size, offset, _dos_time(stamp))
+        entry = _Written(member_path(member.name).encode(), crc, size, offset,
+                         _dos_time(stamp))
         written.append(entry)
         yield from emit(_local_header(entry))
         if isinstance(member.source, bytes):
