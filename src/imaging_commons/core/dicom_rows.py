@@ -66,7 +66,17 @@ _KEYWORD_COLUMNS = tuple(
 )
 
 _REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+# A UID per PS3.5 9.1: components of digits joined by single dots, at most 64 characters.
+# PS3.5 also forbids leading zeros in a component ("1.02.3"), but real archives hold such
+# UIDs, and a zero is as harmless as any other digit: they are accepted.
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_UID_RULE = "a UID is digits and dots, at most 64 characters"
+# Every UID column a row has (the transfer syntax's is read from the file meta): each one, when
+# present, must be a UID, or the file is refused (see _check_identifiers).
+_UID_COLUMNS = tuple(name for name in DICOM_COLUMNS if name.endswith("UID"))
+# Text identifiers and their longest value (PatientID is LO: 64; Modality is CS: 16).
+_TEXT_IDENTIFIERS = {"PatientID": 64, "Modality": 16}
+_CONTROL_OR_BACKSLASH = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
 _SR_CLASSES = {
     EnhancedSRStorage: hd.sr.EnhancedSR,
     ComprehensiveSRStorage: hd.sr.ComprehensiveSR,
@@ -88,7 +98,8 @@ def read_header(source: str | PathLike | bytes) -> pydicom.Dataset:
     Raises NotDicom for non-DICOM files, truncated or corrupt ones, and files lacking any of
     the Study/Series/SOP Instance UIDs. Errors opening the path itself (missing file,
     permissions) propagate: they say nothing about the file's content. A value that is merely
-    invalid for its VR does not reject the file: instance_row reads it as None instead.
+    invalid for its VR does not reject the file: instance_row reads it as None instead (the
+    identifiers excepted: see _check_identifiers).
 
     Files without the 128-byte preamble and "DICM" prefix (older writers, raw datasets) are
     accepted only if a forced read finds valid-looking Study/Series/SOP Instance UIDs and a
@@ -129,7 +140,11 @@ def _forced_read(fp: BinaryIO) -> pydicom.Dataset:
 
 
 def _is_uid(value: object) -> bool:
-    text = str(value or "").strip()
+    """Whether an element's value (as _get gives it) is one UID; only the trailing NUL or space
+    padding DICOM allows is ignored (a backslash made it a list: several values)."""
+    if not isinstance(value, str):
+        return False
+    text = value.rstrip(_PADDING)
     return len(text) <= 64 and _UID.fullmatch(text) is not None
 
 
@@ -187,18 +202,66 @@ def instance_row(ds: pydicom.Dataset) -> dict[str, object]:
     """The DICOM-derived columns (DICOM_COLUMNS) of ``ds``, typed per the schema.
 
     Absent, empty or unreadable values are None, except list columns, which are [] as in
-    IDC's dicomMetadata (BigQuery REPEATED fields are never NULL).
+    IDC's dicomMetadata (BigQuery REPEATED fields are never NULL). Raises NotDicom when an
+    identifier is not one (see _check_identifiers).
     """
+    _check_identifiers(ds)
     row = {name: _convert(_get(ds, name), SQL_TYPES[name]) for name in _KEYWORD_COLUMNS}
     row["StudyDate"] = _iso_date(_get(ds, "StudyDate"))
     row["SeriesDate"] = _iso_date(_get(ds, "SeriesDate"))
-    row["TransferSyntaxUID"] = _convert(
-        _get(getattr(ds, "file_meta", None), "TransferSyntaxUID"), "VARCHAR")
+    row["TransferSyntaxUID"] = _convert(_element_value(ds, "TransferSyntaxUID"), "VARCHAR")
     row["AnatomicRegionSequence"] = _code_meaning(ds, "AnatomicRegionSequence")
     row.update(_segment_columns(ds))
     row.update(dict.fromkeys(_MEASUREMENT_COLUMNS))
     row.update(_measurement_columns(ds))
     return row
+
+
+def _check_identifiers(ds: pydicom.Dataset) -> None:
+    """Refuse (NotDicom) a file whose UIDs, PatientID or Modality are not what their names say.
+
+    These values leave the catalogue in places where other characters mean something: blob
+    and download paths ("../"), manifest and report lines, HTTP headers (CR, LF), C strings
+    (NUL), DICOM's own value separator (backslash). Nor can such a value just read as None,
+    as other invalid values do: the UIDs name the instance, its series and study, and a
+    PatientID or Modality of None would file the instance under none. So the file is refused
+    whole, with a reason naming the field. Values are judged as the file holds them, before
+    _convert strips them: only DICOM's trailing padding is ignored.
+    """
+    for name in _UID_COLUMNS:
+        value = _element_value(ds, name)
+        if value not in (None, "") and not _is_uid(value):
+            raise NotDicom(f"invalid {name} {_shown(value)}: {_UID_RULE}")
+    for name, longest in _TEXT_IDENTIFIERS.items():
+        value = _get(ds, name)
+        if value in (None, ""):
+            continue
+        text = value.rstrip(_PADDING) if isinstance(value, str) else _as_text(value)
+        if len(text) > longest or _CONTROL_OR_BACKSLASH.search(text):
+            raise NotDicom(f"invalid {name} {_shown(text)}: a {name} is at most {longest} "
+                           "characters, with no control characters or backslash")
+
+
+def _as_text(value: object) -> str:
+    """A value as text: several values joined by DICOM's backslash, bytes as Latin-1."""
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if isinstance(value, (list, MultiValue)):
+        return "\\".join(map(str, value))
+    return str(value)
+
+
+def _shown(value: object) -> str:
+    """A value for a one-line reason: quoted and escaped as repr() does (a CR or LF in it
+    cannot start a line of the report), and cut to 80 characters."""
+    text = _as_text(value)
+    return repr(text[:80]) + ("..." if len(text) > 80 else "")
+
+
+def _element_value(ds: pydicom.Dataset, name: str) -> object:
+    """The value a column is read from: the transfer syntax's in the file meta, every other
+    one in the dataset."""
+    return _get(getattr(ds, "file_meta", None) if name == "TransferSyntaxUID" else ds, name)
 
 
 @functools.cache
