@@ -31,7 +31,7 @@ def warm_up_and_settle(commons: Commons) -> None:
     try:
         commons.warm_up()
     except Exception as exc:
-        problem = storage_problem(exc)
+        problem = storage_problem(exc, commons.archive.root)
         if problem is None:
             raise
         logging.getLogger("imaging_commons").error("cannot warm up the archive: %s", problem)

@@ -25,6 +25,7 @@ from xml.sax.saxutils import escape as xml_escape
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from ..core.accounts import AccountError, User
 from ..core.catalog import normalise_collection_id, stable_pk
@@ -126,6 +127,8 @@ def taking(*allowed: str) -> Callable:
         if request.method == "POST":
             try:
                 form = await request.form(max_fields=200_000)
+            except HTTPException:  # the body limit's 413
+                raise
             except Exception as exc:  # malformed multipart bodies raise several types
                 raise ApiError(400, f"Unreadable form body: {exc}") from None
             pairs += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]

@@ -11,6 +11,8 @@ SQLAlchemy), each of which words them its own way.
 from __future__ import annotations
 
 import errno
+import os
+from pathlib import Path
 
 _READ_ONLY = "the archive's storage is read-only"
 _FULL = "the archive's disk is full"
@@ -22,25 +24,41 @@ _FIXES = {
 }
 _BY_ERRNO = {errno.EROFS: _READ_ONLY, errno.ENOSPC: _FULL, errno.EDQUOT: _FULL,
              errno.EACCES: _DENIED, errno.EPERM: _DENIED}
-# what DuckDB and SQLite say in place of an errno (lower case)
+# what DuckDB and SQLite say in place of an errno (lower case); SQLite's "unable to open" is
+# what a read-only folder gives it too, where it cannot make its journal files
 _BY_TEXT = (("read-only file system", _READ_ONLY), ("readonly database", _READ_ONLY),
             ("no space left on device", _FULL), ("database or disk is full", _FULL),
-            ("disk quota exceeded", _FULL), ("permission denied", _DENIED))
+            ("disk quota exceeded", _FULL), ("permission denied", _DENIED),
+            ("unable to open database file", _DENIED))
 
 
-def storage_problem(exc: BaseException) -> str | None:
+def storage_problem(exc: BaseException, root: Path | None = None) -> str | None:
     """A one-line account of `exc`, with the fix, when it is the archive's storage refusing a
-    write; None for anything else."""
-    cause = None
-    for e in _chain(exc):
-        if isinstance(e, OSError) and e.errno in _BY_ERRNO:
-            cause = _BY_ERRNO[e.errno]
-        else:
-            text = str(e).lower()
-            cause = next((c for marker, c in _BY_TEXT if marker in text), None)
-        if cause:
-            return f"{cause}: {_FIXES[cause]}"
-    return None
+    write; None for anything else. Given the archive's `root`, the file system it lies on is
+    asked too: a read-only or full one is named as such, whatever words the error used."""
+    cause = next(filter(None, map(_cause, _chain(exc))), None)
+    if cause is None:
+        return None
+    if root is not None:
+        cause = _state_of(root) or cause
+    return f"{cause}: {_FIXES[cause]}"
+
+
+def _cause(e: BaseException) -> str | None:
+    if isinstance(e, OSError) and e.errno in _BY_ERRNO:
+        return _BY_ERRNO[e.errno]
+    text = str(e).lower()
+    return next((c for marker, c in _BY_TEXT if marker in text), None)
+
+
+def _state_of(root: Path) -> str | None:
+    try:
+        fs = os.statvfs(root)
+    except OSError:
+        return None
+    if fs.f_flag & os.ST_RDONLY:
+        return _READ_ONLY
+    return _FULL if fs.f_bavail == 0 else None
 
 
 def _chain(exc: BaseException):
