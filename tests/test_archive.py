@@ -264,8 +264,11 @@ def test_reingest_is_idempotent(small_archive):
     blobs_before = files_under(small_archive.blob_dir)
     report = ingest(commons.catalog, [SAMPLES], "pydicom_samples")
     assert (report.ingested, report.unchanged) == (0, len(before))
-    assert publish(commons.catalog) == 2
-    assert all_rows(commons, 2) == before  # same rows, same UUIDs, same version_min
+    assert commons.catalog.stage() == {}  # nothing changed: nothing to publish
+    with pytest.raises(CatalogError, match="Nothing is staged"):
+        publish(commons.catalog)
+    assert [v.version for v in commons.catalog.versions()] == [1]
+    assert all_rows(commons, 1) == before
     assert files_under(small_archive.blob_dir) == blobs_before
 
 

@@ -32,8 +32,9 @@ def _fail(message: str, code: int = 1):
 
 
 class _Cli(click.Group):
-    """Turns the core's expected errors and usage mistakes into one-line messages and a
-    non-zero exit code (1: the command failed, 2: it was called wrong)."""
+    """Turns the core's expected errors, usage mistakes and storage faults (a read-only, full
+    or forbidden archive disk: see core.storage) into one-line messages and a non-zero exit
+    code (1: the command failed, 2: it was called wrong)."""
 
     def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False
@@ -49,11 +50,17 @@ class _Cli(click.Group):
     def invoke(self, ctx):
         from .core.accounts import AccountError
         from .core.catalog import CatalogError
+        from .core.storage import storage_problem
 
         try:
             return super().invoke(ctx)
         except (CatalogError, AccountError, FileNotFoundError) as e:
             _fail(str(e))
+        except Exception as e:
+            problem = storage_problem(e)
+            if problem is None:
+                raise
+            _fail(problem)
 
 
 @click.group(cls=_Cli)
@@ -81,8 +88,11 @@ def main(ctx, archive, accounts_url):
 def import_idc_cmd(ctx):
     """Import the real IDC v25 catalogue from the idc-index-data package as versions 1..25."""
     from .core.idc_import import import_idc
+    from .core.ingest import writing
 
-    summary = import_idc(_commons(ctx).catalog, progress=lambda s: click.echo(f"importing {s}"))
+    catalog = _commons(ctx).catalog
+    with writing(catalog):
+        summary = import_idc(catalog, progress=lambda s: click.echo(f"importing {s}"))
     click.echo(f"imported {summary.series} current series, {summary.prior_series} prior-version "
                f"series, {summary.collections} collections, {summary.analysis_results} analysis "
                f"results, {summary.versions} versions (active: {summary.active})")
@@ -105,17 +115,26 @@ def import_idc_cmd(ctx):
 def ingest(ctx, paths, collection, restricted, publish_now, description, doi, license_short_name,
            species, cancer_type, program, tumor_location, no_progress):
     """Ingest DICOM files and folders into the staged next version."""
-    from .core.ingest import ingest as run_ingest, publish
+    from .core.ingest import ingest as run_ingest, publish, writing
 
     meta = {"description": description, "doi": doi, "license_short_name": license_short_name,
             "species": species, "cancer_type": cancer_type, "program": program,
             "tumor_location": tumor_location}
-    report = run_ingest(_commons(ctx).catalog, paths, collection, restricted=restricted,
-                        metadata=meta, progress=not no_progress)
-    for line in report.lines():
-        click.echo(line)
-    if publish_now:
-        click.echo(f"published version {publish(_commons(ctx).catalog)}")
+    catalog = _commons(ctx).catalog
+    with writing(catalog):  # held across both: no other writer's stage is published with ours
+        report = run_ingest(catalog, paths, collection, restricted=restricted, metadata=meta,
+                            progress=not no_progress)
+        for line in report.lines():
+            click.echo(line)
+        if not publish_now:
+            return
+        if catalog.stage():
+            click.echo(f"published version {publish(catalog)}")
+            return
+        # files all present already, nothing else staged: a new version would be a copy
+        active = [v.version for v in catalog.versions() if v.active]
+        click.echo("nothing new to publish: " + (f"version {active[0]} stays active"
+                                                 if active else "no version is published yet"))
 
 
 @main.command("publish")

@@ -12,6 +12,7 @@ exactly as they were.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
@@ -20,8 +21,10 @@ import shutil
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
 import pyarrow as pa
@@ -86,6 +89,9 @@ class CatalogError(Exception):
     """A catalogue operation that cannot be done as asked (unknown version, nothing staged...)."""
 
 
+WRITER_BUSY = "another ingest or publish is running on this archive"
+
+
 @dataclass(frozen=True)
 class Version:
     version: int
@@ -128,12 +134,8 @@ def _q(name: str) -> str:
 def write_json_atomic(path: Path, data) -> None:
     """Replace a JSON file all at once: a reader (or a crash) sees the old file or the new one.
     The folder is synced too, so the rename itself survives a power cut."""
-    tmp = _temporary_name(path)
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with _written_aside(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
@@ -144,20 +146,29 @@ def write_json_atomic(path: Path, data) -> None:
 def copy_to_parquet(con: duckdb.DuckDBPyConnection, select_sql: str, path: Path,
                     params: list | None = None) -> None:
     """Write a query result to a Parquet file atomically (temp name, fsync, rename)."""
-    tmp = _temporary_name(path)
-    con.execute(f"COPY ({select_sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)", params or [])
-    _sync_and_rename(tmp, path)
+    with _written_aside(path) as tmp:
+        con.execute(f"COPY ({select_sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)",
+                    params or [])
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     """Write an Arrow table to a Parquet file atomically, as copy_to_parquet does."""
-    tmp = _temporary_name(path)
-    pq.write_table(table, tmp, compression="zstd")
-    _sync_and_rename(tmp, path)
+    with _written_aside(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
-def _temporary_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+@contextmanager
+def _written_aside(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` for the caller to write; synced and renamed over `path`
+    once written, removed if the writing fails (a full disk must not keep the partial copy)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        _sync_and_rename(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _sync_and_rename(tmp: Path, path: Path) -> None:
@@ -191,6 +202,8 @@ class Catalog:
         self._published: dict = {}
         self._manifests: dict[int, dict] = {}  # published versions never change
         self._restricted: dict[int, frozenset[str]] = {}
+        self._writer = threading.RLock()
+        self._writer_fd: int | None = None  # the writer lock's file, while this catalogue holds it
 
     # ----- published versions -------------------------------------------------------------
     @property
@@ -439,6 +452,39 @@ class Catalog:
     def clear_stage(self) -> None:
         shutil.rmtree(self.staging_dir, ignore_errors=True)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def writer_lock(self) -> Iterator[bool]:
+        """Hold the archive's writer lock for a block; yields whether this call took it (False
+        when the same thread holds it already: `ingest --publish` holds it across both).
+
+        Ingest, publish and clinical-import rewrite the stage and put files in the archive: two
+        at once would lose one's stage, publish a stage another is still writing, or take the
+        other's new blobs for leftovers. So they take this lock first, without waiting: a
+        second writer, in any process (or another thread of this one), gets CatalogError. The
+        lock is an flock on catalog/writer.lock, which the kernel drops when the process ends,
+        however it ends; processes forked while it is held share it (ingest's workers), so it
+        lasts until the last of them is gone."""
+        if not self._writer.acquire(blocking=False):
+            raise CatalogError(WRITER_BUSY)
+        try:
+            if self._writer_fd is not None:
+                yield False
+                return
+            fd = os.open(self.dir / "writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise CatalogError(WRITER_BUSY) from None
+            self._writer_fd = fd
+            try:
+                yield True
+            finally:
+                self._writer_fd = None
+                os.close(fd)
+        finally:
+            self._writer.release()
 
 
 def stable_pk(uid: str) -> int:

@@ -90,10 +90,12 @@ class NotDicom(Exception):
     """The file cannot give a catalogue row; ``str()`` is a one-line reason for the skip log."""
 
 
-def read_header(source: str | PathLike | bytes) -> pydicom.Dataset:
+def read_header(source: str | PathLike | bytes | BinaryIO) -> pydicom.Dataset:
     """Read a file's header (no pixel data), refusing what cannot become a catalogue row.
-    ``source`` is the file's path, or its whole content already in memory (what ingest
-    passes: it reads each file once, for the header and the copy alike).
+    ``source`` is the file's path, its whole content already in memory, or a binary file
+    object positioned anywhere in it (what ingest passes: small files are read once, for the
+    header and the copy alike; larger ones through the descriptor it opened, never reopened
+    by path). The file object's end (seek to end) is taken as the file's size.
 
     Raises NotDicom for non-DICOM files, truncated or corrupt ones, and files lacking any of
     the Study/Series/SOP Instance UIDs. Errors opening the path itself (missing file,
@@ -106,17 +108,20 @@ def read_header(source: str | PathLike | bytes) -> pydicom.Dataset:
     SOP Class UID: a forced read parses almost any bytes, and those four elements are what
     tells a headerless dataset from text or binary that happens to parse.
     """
-    in_memory = isinstance(source, bytes)
-    with (io.BytesIO(source) if in_memory else open(source, "rb")) as fp:
-        size = len(source) if in_memory else os.fstat(fp.fileno()).st_size
-        forced = False
-        try:
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
-        except InvalidDicomError:
-            ds, forced = _forced_read(fp), True
-        except Exception as exc:
-            raise NotDicom(_one_line(f"truncated or corrupt: {exc}")) from exc
-        problem = _truncation(ds, fp, size)  # before _get converts (and so alters) the last element
+    if isinstance(source, (str, PathLike)):
+        with open(source, "rb") as fp:
+            return read_header(fp)
+    fp = io.BytesIO(source) if isinstance(source, bytes) else source
+    size = fp.seek(0, os.SEEK_END)
+    fp.seek(0)
+    forced = False
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+    except InvalidDicomError:
+        ds, forced = _forced_read(fp), True
+    except Exception as exc:
+        raise NotDicom(_one_line(f"truncated or corrupt: {exc}")) from exc
+    problem = _truncation(ds, fp, size)  # before _get converts (and so alters) the last element
     if forced and not all(_is_uid(_get(ds, kw)) for kw in (*_REQUIRED_UIDS, "SOPClassUID")):
         raise NotDicom(_NO_PREAMBLE)
     if problem:
