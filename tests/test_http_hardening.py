@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from starlette.requests import Request
 from conftest import SAMPLES, LiveServer, free_port
 from test_nbia_images import write_copies
 
-from imaging_commons.api.nbia import csv_chunks
+from imaging_commons.api.nbia import csv_chunks, manifest
 from imaging_commons.api.security import attachment
 from imaging_commons.config import Archive
 from imaging_commons.core.commons import Commons
@@ -320,6 +321,16 @@ def test_a_lone_csv_column_keeps_hostile_values_in_their_row():
     assert list(csv.reader(io.StringIO(text, newline=""))) == [["SOPInstanceUID"]] + [
         [v] for v in values]
     assert text.startswith("SOPInstanceUID\n1.2.3\n")  # plain values stay unquoted (NBIA's form)
+
+
+def test_a_tcia_manifest_lists_only_uids():
+    request = Request({"type": "http", "scheme": "http", "server": ("commons.example", 80),
+                       "path": "/", "root_path": "", "headers": [], "query_string": b""})
+    uids = ["1.2.3", "1.2\r\ndownloadServerUrl=http://evil.example/x", "../../etc", "4.5.6"]
+    lines = manifest(request, uids, False).body.decode().splitlines()
+    assert [line for line in lines if line.startswith("downloadServerUrl=")] == [
+        "downloadServerUrl=http://commons.example/nbia-api/services/v2/getImage"]
+    assert lines[lines.index("ListOfSeriesToDownload=") + 1:] == ["1.2.3", "4.5.6"]
 
 
 # ----- storage faults ----------------------------------------------------------------------

@@ -57,7 +57,8 @@ class _Cli(click.Group):
         except (CatalogError, AccountError, FileNotFoundError) as e:
             _fail(str(e))
         except Exception as e:
-            problem = storage_problem(e)
+            archive = (ctx.obj or {}).get("archive")
+            problem = storage_problem(e, archive.root if archive else None)
             if problem is None:
                 raise
             _fail(problem)

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException
 
 from ..core.accounts import AccountError, User
 from ..core.catalog import normalise_collection_id, stable_pk
+from ..core.dicom_rows import is_uid
 from ..core.search import (SORT_FIELDS, AnswerTooLarge, CatalogSearch, Criteria, DrillDownStudy,
                            PatientResult, Scope, SearchError, SearchPage, Sort, doi_url,
                            patient_pk)
@@ -577,8 +578,11 @@ def value_counts_json(values: Iterable[tuple[str, int]]) -> JSONResponse:
 
 
 def manifest(request: Request, series_uids: Iterable[str], include_annotation: bool) -> Response:
-    """The NBIA Data Retriever's `.tcia` manifest, downloading from this server."""
+    """The NBIA Data Retriever's `.tcia` manifest, downloading from this server. Its lines are
+    `key=value` and UIDs: a value that is not a UID (which only an archive ingested before
+    ingest checked UIDs can hold) could add lines of its own, so it is left out."""
     base = str(request.base_url).rstrip("/")
+    series_uids = [uid for uid in series_uids if is_uid(uid)]
     lines = [f"downloadServerUrl={base}{SERVICES}/v2/getImage",
              f"includeAnnotation={'true' if include_annotation else 'false'}",
              "noOfrRetry=4",

@@ -281,6 +281,9 @@ class Catalog:
             if self._con is None:
                 self._con = duckdb.connect(":memory:", config={
                     "threads": os.cpu_count() or 2,
+                    # (DuckDB's default, relied on: a query without ORDER BY gives a table's
+                    # rows in the order they were inserted, which NBIA's lists stream in)
+                    "preserve_insertion_order": True,
                     # sorts and results larger than memory spill here (DuckDB's default is
                     # .tmp in whatever directory the process was started from)
                     "temp_directory": str(self.archive.process_scratch_dir() / "duckdb")})

@@ -32,7 +32,8 @@ from pydicom.uid import (
 
 from imaging_commons.core.schema import COLUMNS, SQL_TYPES
 
-__all__ = ["ARCHIVE_COLUMNS", "DICOM_COLUMNS", "NotDicom", "instance_row", "read_header"]
+__all__ = ["ARCHIVE_COLUMNS", "DICOM_COLUMNS", "NotDicom", "instance_row", "is_uid",
+           "read_header"]
 
 # Set by the ingest code, never read from the file.
 ARCHIVE_COLUMNS = frozenset({
@@ -122,7 +123,7 @@ def read_header(source: str | PathLike | bytes | BinaryIO) -> pydicom.Dataset:
     except Exception as exc:
         raise NotDicom(_one_line(f"truncated or corrupt: {exc}")) from exc
     problem = _truncation(ds, fp, size)  # before _get converts (and so alters) the last element
-    if forced and not all(_is_uid(_get(ds, kw)) for kw in (*_REQUIRED_UIDS, "SOPClassUID")):
+    if forced and not all(is_uid(_get(ds, kw)) for kw in (*_REQUIRED_UIDS, "SOPClassUID")):
         raise NotDicom(_NO_PREAMBLE)
     if problem:
         raise NotDicom(_one_line(f"truncated or corrupt: {problem}"))
@@ -144,7 +145,7 @@ def _forced_read(fp: BinaryIO) -> pydicom.Dataset:
         raise NotDicom(_NO_PREAMBLE) from exc
 
 
-def _is_uid(value: object) -> bool:
+def is_uid(value: object) -> bool:
     """Whether an element's value (as _get gives it) is one UID; only the trailing NUL or space
     padding DICOM allows is ignored (a backslash made it a list: several values)."""
     if not isinstance(value, str):
@@ -235,7 +236,7 @@ def _check_identifiers(ds: pydicom.Dataset) -> None:
     """
     for name in _UID_COLUMNS:
         value = _element_value(ds, name)
-        if value not in (None, "") and not _is_uid(value):
+        if value not in (None, "") and not is_uid(value):
             raise NotDicom(f"invalid {name} {_shown(value)}: {_UID_RULE}")
     for name, longest in _TEXT_IDENTIFIERS.items():
         value = _get(ds, name)
