@@ -48,6 +48,36 @@ def sign_in(live: LiveServer | str, username: str, password: str) -> requests.Re
         "username": username, "password": password, "grant_type": "password"})
 
 
+class ServerProcess:
+    """`imaging-commons serve` over `archive` in a process of its own (its command behind
+    `wrapper`, e.g. a namespace), with its log; `base` once it answers, `log` once it ends."""
+
+    def __init__(self, archive: Archive, wrapper: tuple[str, ...] | list[str] = ()):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.command = [*wrapper, sys.executable, "-m", "imaging_commons.cli", "--archive",
+                        str(archive.root), "serve", "--port", str(self.port)]
+        self.log = ""
+
+    def __enter__(self) -> "ServerProcess":
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 60
+        while True:
+            try:
+                requests.get(f"{self.base}/v1/about", timeout=5)
+                return self
+            except requests.ConnectionError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    self.__exit__()
+                    raise RuntimeError(f"the server did not start: {self.log}")
+                time.sleep(0.2)
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.log, _ = self.proc.communicate(timeout=30)
+
+
 # ----- sign-in throttling --------------------------------------------------------------------
 
 def test_password_guessing_is_throttled_per_user_with_retry_after(tmp_path):
@@ -100,20 +130,8 @@ def test_the_throttle_is_configurable_from_the_environment(monkeypatch, tmp_path
 def test_credentials_in_a_query_string_never_reach_the_access_log(tmp_path):
     archive = small(tmp_path)
     Commons(archive).accounts.add_user("alice", "s3cret-Pa55")
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "imaging_commons.cli", "--archive", str(archive.root), "serve",
-         "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:
-            try:
-                requests.get(f"{base}/v1/about", timeout=5)
-                break
-            except requests.ConnectionError:
-                assert time.time() < deadline and server.poll() is None, "server did not start"
-                time.sleep(0.2)
+    with ServerProcess(archive) as server:
+        base = server.base
         answer = requests.get(f"{base}{TOKEN}", timeout=30, params={
             "username": "alice", "password": "s3cret-Pa55", "grant_type": "password"})
         token = answer.json()["access_token"]
@@ -122,9 +140,7 @@ def test_credentials_in_a_query_string_never_reach_the_access_log(tmp_path):
         requests.get(f"{base}/v1/collections", params={"access_token": token}, timeout=30)
         requests.post(f"{base}{TOKEN}?grant_type=refresh_token&refresh_token={refresh}",
                       timeout=30)
-    finally:
-        server.terminate()
-        log, _ = server.communicate(timeout=30)
+    log = server.log
     assert f'"GET {TOKEN}?username=alice&password=[redacted]&grant_type=password' in log
     for secret in ("s3cret-Pa55", token, refresh):
         assert secret not in log
@@ -345,22 +361,11 @@ def unshare_works() -> bool:
 def test_a_read_only_archive_answers_503_with_the_fix(tmp_path):
     archive = small(tmp_path)
     Commons(archive).accounts.add_user("alice", PASSWORD)
-    port = free_port()
     root = str(archive.root)
-    script = (f"mount --bind -o ro {root} {root} && exec {sys.executable} -m imaging_commons.cli "
-              f"--archive {root} serve --port {port}")
-    server = subprocess.Popen(["unshare", "-rm", "sh", "-c", script], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 60
-        while True:
-            try:
-                requests.get(f"{base}/v1/about", timeout=5)
-                break
-            except requests.ConnectionError:
-                assert time.time() < deadline and server.poll() is None, "server did not start"
-                time.sleep(0.2)
+    read_only = ["unshare", "-rm", "sh", "-c", f'mount --bind -o ro {root} {root} && exec "$@"',
+                 "sh"]
+    with ServerProcess(archive, read_only) as server:
+        base = server.base
         for path in ("/v1/collections", "/v1/versions",
                      f"{SERVICES}/v1/getCollectionValues", f"{SERVICES}/v1/getSeries"):
             response = requests.get(base + path, timeout=60)
@@ -368,11 +373,8 @@ def test_a_read_only_archive_answers_503_with_the_fix(tmp_path):
             assert "read-only" in response.text and "read-write" in response.text
         token = sign_in(base, "alice", PASSWORD)
         assert token.status_code == 503 and "read-only" in token.text
-    finally:
-        server.terminate()
-        log, _ = server.communicate(timeout=30)
-    assert "Traceback" not in log
-    assert "cannot warm up the archive: the archive's storage is read-only" in log
+    assert "Traceback" not in server.log
+    assert "cannot warm up the archive: the archive's storage is read-only" in server.log
 
 
 def test_the_http_settings_are_read_from_the_environment(monkeypatch, tmp_path):
