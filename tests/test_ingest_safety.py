@@ -314,20 +314,23 @@ def test_a_path_argument_that_is_a_broken_link_is_an_error_or_a_skip(tmp_path):
 def test_files_over_the_size_limit_are_skipped(tmp_path, monkeypatch):
     size = CT.stat().st_size
     monkeypatch.setenv(MAX_FILE_SIZE_ENV, str(size - 1))
-    catalog = Catalog(Archive(tmp_path / "archive"))
+    catalog = Catalog(Archive.from_env(tmp_path / "archive"))
     report = ingest(catalog, [CT, MR], "sized")
     assert report.ingested == 1
     assert report.skipped == [(str(CT), f"too large: {size:,} bytes, over {MAX_FILE_SIZE_ENV} "
                                         f"({size - 1:,})")]
     monkeypatch.setenv(MAX_FILE_SIZE_ENV, "lots")
+    with pytest.raises(ValueError, match=MAX_FILE_SIZE_ENV):
+        Archive.from_env(tmp_path / "archive")
+    monkeypatch.setenv(MAX_FILE_SIZE_ENV, "-1")
     with pytest.raises(CatalogError, match=MAX_FILE_SIZE_ENV):
-        ingest(catalog, [MR], "sized")
+        ingest(Catalog(Archive.from_env(tmp_path / "archive")), [MR], "sized")
 
 
 def test_a_file_growing_while_read_is_read_to_its_size_when_opened(tmp_path):
     path = tmp_path / "growing.dcm"
     shutil.copy(CT, path)
-    opened = ingest_module._open_regular(path, ingest_module.DEFAULT_MAX_FILE_SIZE)
+    opened = ingest_module._open_regular(path, Archive(tmp_path).max_file_size)
     assert opened[1] == CT.stat().st_size
     with path.open("ab") as more:
         more.write(b"\0" * 3_000_000)

@@ -26,6 +26,7 @@ TUNABLE_ENV = {
     "login_max_delay_s": ("IMAGING_COMMONS_LOGIN_MAX_DELAY", int),
     "heavy_per_client": ("IMAGING_COMMONS_HEAVY_PER_CLIENT", int),
     "max_list_rows": ("IMAGING_COMMONS_MAX_LIST_ROWS", int),
+    "max_file_size": ("IMAGING_COMMONS_MAX_FILE_SIZE", int),
 }
 
 
@@ -64,6 +65,8 @@ class Archive:
     heavy_per_client: int = 4
     # the most rows one NBIA list answer holds (the whole IDC catalogue is ~1.04M series)
     max_list_rows: int = 2_000_000
+    # bytes of the largest file ingest reads (larger ones are reported and skipped)
+    max_file_size: int = 64 << 30
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -77,11 +77,11 @@ async def storage_error_handler(request: Request, exc: Exception):
     problem = storage_problem(exc, request.app.state.commons.archive.root)
     if problem is None:
         return await unexpected_error_handler(request, exc)
-    _log.error("%s %s: %s", request.method, request.url.path, problem)
+    _log.error("%s %r: %s", request.method, request.url.path, problem)
     return _answer(request, 503, f"The archive cannot be used now: {problem}")
 
 
 async def unexpected_error_handler(request: Request, exc: Exception):
     """Last resort: a clear 500 in the API's own shape, never a stack trace."""
-    _log.exception("unhandled error on %s", request.url.path)
+    _log.exception("unhandled error on %r", request.url.path)
     return _answer(request, 500, "Internal server error")

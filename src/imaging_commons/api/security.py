@@ -31,7 +31,7 @@ DOCS_POLICY = ("default-src 'none'; script-src 'self' 'unsafe-inline'; "
                "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
                "frame-ancestors 'none'; base-uri 'none'")
 _HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY",
-            "referrer-policy": "no-referrer"}
+            "referrer-policy": "no-referrer", "content-security-policy": API_POLICY}
 
 SWAGGER_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 SWAGGER_ASSETS_URL = "/static/swagger"
@@ -58,7 +58,6 @@ class SecurityHeaders:
                 headers = MutableHeaders(scope=message)
                 for name, value in _HEADERS.items():
                     headers.setdefault(name, value)
-                headers.setdefault("content-security-policy", API_POLICY)
             await send(message)
 
         await self.app(scope, receive, with_headers)

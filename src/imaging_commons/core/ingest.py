@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..config import TUNABLE_ENV
 from .catalog import (
     COLLECTION_COLUMNS,
     Catalog,
@@ -61,8 +62,7 @@ UUID_NAMESPACE = uuid.UUID("6f0d6b1e-54c2-4a8e-9a52-3f1b1d0c2a77")
 # Files larger than this many bytes are skipped unread. The default, 64 GiB, is above the
 # largest whole-slide images and multi-frame series; a larger "file" is more likely a disk
 # image (or a special file posing as a huge one) than an instance.
-MAX_FILE_SIZE_ENV = "IMAGING_COMMONS_MAX_FILE_SIZE"
-DEFAULT_MAX_FILE_SIZE = 64 << 30
+MAX_FILE_SIZE_ENV = TUNABLE_ENV["max_file_size"][0]
 
 
 def crdc_uuid(kind: str, *parts: str) -> str:
@@ -88,18 +88,12 @@ def _printable(text: str) -> str:
     return text if text.isprintable() else repr(text)
 
 
-def max_file_size() -> int:
-    """The size above which ingest skips a file: IMAGING_COMMONS_MAX_FILE_SIZE (bytes) when
-    set, else DEFAULT_MAX_FILE_SIZE."""
-    raw = os.environ.get(MAX_FILE_SIZE_ENV)
-    if not raw:
-        return DEFAULT_MAX_FILE_SIZE
-    try:
-        limit = int(raw)
-    except ValueError:
-        limit = -1
+def max_file_size(catalog: Catalog) -> int:
+    """The size above which ingest skips a file: the archive's max_file_size
+    (IMAGING_COMMONS_MAX_FILE_SIZE, bytes)."""
+    limit = catalog.archive.max_file_size
     if limit < 0:
-        raise CatalogError(f"{MAX_FILE_SIZE_ENV}={raw!r} is not a number of bytes")
+        raise CatalogError(f"{MAX_FILE_SIZE_ENV}={limit} is not a number of bytes")
     return limit
 
 
@@ -514,7 +508,7 @@ def ingest(catalog: Catalog, paths: Iterable[str | os.PathLike], collection: str
     cores busy while a worker waits on the disk; none for small ones).
 
     Only regular files are read (symbolic links to them are followed), and only those of at
-    most IMAGING_COMMONS_MAX_FILE_SIZE bytes (default 64 GiB: DEFAULT_MAX_FILE_SIZE); anything
+    most the archive's max_file_size (IMAGING_COMMONS_MAX_FILE_SIZE, default 64 GiB); anything
     else (devices, FIFOs, sockets, broken links, unreadable files, files whose UIDs or
     identifiers are not what they should be) is reported in the skip list, never fatal.
 
@@ -537,7 +531,7 @@ def ingest(catalog: Catalog, paths: Iterable[str | os.PathLike], collection: str
     report = IngestReport()
     rows: list[dict] = []
     files = list(iter_files(paths))
-    limit = max_file_size()
+    limit = max_file_size(catalog)
     if workers is None:
         workers = (os.cpu_count() or 1) + 1 if len(files) >= PARALLEL_FROM else 1
     run = uuid.uuid4().hex
