@@ -19,7 +19,7 @@ import requests
 
 from conftest import SAMPLES, LiveServer
 from imaging_commons.config import Archive
-from imaging_commons.core.catalog import stable_pk
+from imaging_commons.core.catalog import INGESTED_PREFIX, stable_pk
 from imaging_commons.core.commons import Commons
 from imaging_commons.core.demo import DEMO_COLLECTION
 from imaging_commons.core.ingest import ingest, publish
@@ -69,8 +69,8 @@ def truth(demo_archive_dir):
                any_value(Modality) AS Modality, any_value(BodyPartExamined) AS BodyPartExamined,
                any_value(Manufacturer) AS Manufacturer, any_value(StudyDate) AS StudyDate,
                count(*) AS images, sum(instance_size) AS bytes, min(version_min) AS version
-        FROM read_parquet('{local}') GROUP BY collection_id, SeriesInstanceUID""")
-    con.execute(f"CREATE VIEW local_instances AS SELECT * FROM read_parquet('{local}')")
+        FROM {local} GROUP BY collection_id, SeriesInstanceUID""")
+    con.execute(f"CREATE VIEW local_instances AS SELECT * FROM {local}")
     return con
 
 
@@ -88,12 +88,16 @@ def patients_where(truth, condition: str, *params) -> int:
                        f"WHERE {condition}", *params)[0][0]
 
 
-def local_items(archive_root: Path) -> Path:
-    """The ingested instance rows of an archive's newest version, as its manifest names them."""
+def local_items(archive_root: Path) -> str:
+    """A read_parquet() of the ingested instance rows of an archive's newest version: the
+    segments its manifest names that ingest wrote (these archives retire no row)."""
     versions = sorted((archive_root / "catalog" / "versions").glob("*.json"),
                       key=lambda p: int(p.stem))
-    name = json.loads(versions[-1].read_text())["local_items"]
-    return archive_root / "catalog" / "segments" / name
+    manifest = json.loads(versions[-1].read_text())
+    assert not manifest["retired"]
+    files = [str(archive_root / "catalog" / "segments" / f) for f in manifest["items"]
+             if f.startswith(INGESTED_PREFIX)]
+    return f"read_parquet({files})"
 
 
 # ----- clients -------------------------------------------------------------------------------
@@ -684,7 +688,7 @@ def restricted(tmp_path_factory):
         live.commons.accounts.grant("granted-user", "secret_coll")
         live.ungranted = live.user_token("ungranted-user")
         live.secret_series = column(duckdb.connect(), f"""
-            SELECT DISTINCT SeriesInstanceUID FROM read_parquet('{local_items(archive.root)}')
+            SELECT DISTINCT SeriesInstanceUID FROM {local_items(archive.root)}
             WHERE collection_id = 'secret_coll'""")
         yield live
 

@@ -163,6 +163,21 @@ def clinical_import(ctx, file, collection, source, patient_column):
 
 
 @main.command()
+@click.option("--min-segments", default=2, show_default=True, type=click.IntRange(2),
+              help="Merge only when at least this many small segments are there.")
+@click.option("--grace", default=600.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds a replaced segment is kept for the queries still reading it.")
+@click.pass_context
+def compact(ctx, min_segments, grace):
+    """Merge the small segments that ingests added into one sorted segment (a server does this
+    in the background every IMAGING_COMMONS_COMPACT_EVERY seconds); no version changes."""
+    from .core.compaction import compact as run_compaction
+
+    click.echo(run_compaction(_commons(ctx).catalog, min_segments=min_segments,
+                              grace_s=grace).line())
+
+
+@main.command()
 @click.pass_context
 def versions(ctx):
     """List the published data versions."""

@@ -27,6 +27,8 @@ TUNABLE_ENV = {
     "heavy_per_client": ("IMAGING_COMMONS_HEAVY_PER_CLIENT", int),
     "max_list_rows": ("IMAGING_COMMONS_MAX_LIST_ROWS", int),
     "max_file_size": ("IMAGING_COMMONS_MAX_FILE_SIZE", int),
+    "memory_limit": ("IMAGING_COMMONS_MEMORY_LIMIT", str),
+    "compact_every_s": ("IMAGING_COMMONS_COMPACT_EVERY", float),
 }
 
 
@@ -67,6 +69,12 @@ class Archive:
     max_list_rows: int = 2_000_000
     # bytes of the largest file ingest reads (larger ones are reported and skipped)
     max_file_size: int = 64 << 30
+    # memory the query engine may use (DuckDB's memory_limit: "2GB", "512MB"); queries larger
+    # than it spill to the archive's disk
+    memory_limit: str = "2GB"
+    # how often a server looks for small segments to merge (seconds; 0: never, leaving it to
+    # `imaging-commons compact`)
+    compact_every_s: float = 300.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..config import Archive
 from ..core.commons import Commons
+from ..core.compaction import Compactor
 from ..core.storage import storage_problem
 from . import auth, errors, security
 
@@ -51,7 +52,10 @@ def create_app(archive: Archive) -> FastAPI:
         warming = threading.Thread(target=warm_up_and_settle, args=(app.state.commons,),
                                    name="warm-up")
         warming.start()
+        compactor = Compactor(app.state.commons.catalog, archive.compact_every_s)
+        compactor.start()
         yield
+        compactor.stop()
         warming.join()
 
     app = FastAPI(

@@ -4,7 +4,10 @@ The catalogue is a set of immutable Parquet files ("segments") plus one JSON man
 published version naming the files it is made of. Every item row carries the range of
 versions it belongs to (`version_min`..`version_max`, open-ended when null), so one segment can
 serve many versions (the IDC import holds 25 releases in one file) and a version is the union
-of its segments filtered by that range. Publishing writes new files, then flips
+of its segments filtered by that range. The archive grows by appending: each publish adds one
+segment with the rows it brings and, when it replaces instances, a small tombstone file that
+retires their old rows from then on (see items_sql); compaction merges small segments into
+larger ones in the background (compaction.py). Publishing writes new files, then flips
 `published.json` with one atomic rename: a crash at any moment leaves the published versions
 exactly as they were.
 """
@@ -14,13 +17,11 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
-import logging
 import os
 import re
 import shutil
 import threading
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,20 +35,29 @@ from ..config import Archive
 from .schema import COLUMNS, SQL_TYPES
 
 ITEM_COLUMNS = [c.name for c in COLUMNS]
-log = logging.getLogger(__name__)
 
 # Columns that can single out an item row, which manifests and queries are often ordered by.
-# Loaded item segments carry each one's rank: its place in the sort order of that column's
-# values across every loaded segment, worked out in the background once segments load. A result
-# led by one of them, where it is unique in the version, is then sorted by integers instead of
-# long strings that share long prefixes.
+# The IDC import writes each one's rank beside it (its place in the sort order of that column's
+# values across the import's segments): a result led by one of them, where it is unique in the
+# version, is then sorted by integers instead of long strings that share long prefixes.
 RANKED_KEYS = ("SeriesInstanceUID", "SOPInstanceUID", "crdc_series_uuid", "crdc_instance_uuid",
                "gcs_url")
+# The order item segments are written in (and compaction keeps): a collection's, a patient's,
+# a study's and a series' rows lie together.
+ITEM_ORDER = ("collection_id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
+              "SOPInstanceUID")
+
+
+# Names of the item segments ingest writes (and compaction merges them into): instance rows that
+# name blobs of the archive's own, unlike the IDC import's series.
+INGESTED_PREFIX = "local-items"
+COMPACTED_PREFIX = "compacted-items"
 
 
 def rank_column(key: str) -> str:
     """The rank of `key`'s value (a name no attribute can have: it holds a space)."""
     return f"{key} rank"
+
 
 COLLECTION_COLUMNS = {
     "collection_id": "VARCHAR",
@@ -178,7 +188,13 @@ def _sync_and_rename(tmp: Path, path: Path) -> None:
 
 
 class Catalog:
-    """Reads and writes the catalogue of one archive. Thread-safe for readers."""
+    """Reads and writes the catalogue of one archive. Thread-safe for readers.
+
+    Nothing of the catalogue is held in memory: a version's tables are DuckDB views over its
+    Parquet segments, read as queries need them within the engine's memory limit
+    (IMAGING_COMMONS_MEMORY_LIMIT). Published versions never change what they return, but a
+    compaction may change the files a version is made of: it then raises the catalogue's
+    `generation`, and every process makes its views afresh (see compaction.py)."""
 
     def __init__(self, archive: Archive):
         self.archive = archive
@@ -190,17 +206,12 @@ class Catalog:
             d.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._loaded: dict[str, str] = {}  # file name -> in-memory table name
-        self._item_tables: list[str] = []  # the loaded item segments, which share key ranks
-        self._item_views: list[str] = []
-        self._ranks_stale = False  # an item segment was loaded since the last ranking
-        self._key_ranks: dict[str, dict[str, str]] = {}  # items view -> {unique key: rank}
-        self._ranker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="key-ranks")
-        self._ranking: Future | None = None  # the last ranking started
-        self._ranking_active = False
+        self._views: dict[str, int] = {}  # view name -> the generation it was made at
+        self._view_versions: dict[str, int] = {}  # items view -> its version
         self._published_mtime: float | None = None
         self._published: dict = {}
-        self._manifests: dict[int, dict] = {}  # published versions never change
+        self._manifests: dict[int, dict] = {}  # read once per generation
+        self._manifests_generation = 0
         self._restricted: dict[int, frozenset[str]] = {}
         self._writer = threading.RLock()
         self._writer_fd: int | None = None  # the writer lock's file, while this catalogue holds it
@@ -235,6 +246,10 @@ class Catalog:
         state = self._state()
         if number not in state["versions"]:
             raise CatalogError(f"Unknown data version {number}")
+        generation = int(state.get("generation", 0))
+        if generation != self._manifests_generation:
+            with self._lock:  # a compaction changed some versions' files: read them afresh
+                self._manifests, self._manifests_generation = {}, generation
         manifest = self._manifests.get(number)
         if manifest is None:
             manifest = json.loads((self.versions_dir / f"{number}.json").read_text())
@@ -268,162 +283,136 @@ class Catalog:
             versions.append(number)
             versions.sort()
             new_active = number if active or state["active"] is None else state["active"]
-            write_json_atomic(self.published_file, {"versions": versions, "active": new_active})
+            write_json_atomic(self.published_file, {**state, "versions": versions,
+                                                    "active": new_active})
             return number
+
+    def replace_files(self, manifests: dict[int, dict]) -> None:
+        """Give published versions new manifests that name other files holding the same rows
+        (a compaction's work), then raise the generation so every process reads them afresh.
+        Each manifest is replaced atomically; a version returns the same rows from either."""
+        with self._lock:
+            for number, manifest in sorted(manifests.items()):
+                write_json_atomic(self.versions_dir / f"{number}.json", manifest)
+            self.raise_generation()
+
+    def raise_generation(self) -> None:
+        with self._lock:
+            state = dict(self._state())
+            state["generation"] = int(state.get("generation", 0)) + 1
+            write_json_atomic(self.published_file, state)
 
     def new_segment_path(self, prefix: str) -> Path:
         return self.segments_dir / f"{prefix}-{uuid.uuid4().hex[:12]}.parquet"
 
     # ----- query engine -------------------------------------------------------------------
     def connection(self) -> duckdb.DuckDBPyConnection:
-        """A cursor on the shared in-memory DuckDB database that holds the loaded segments."""
+        """A cursor on the shared in-memory DuckDB database that holds the catalogue's views."""
         with self._lock:
             if self._con is None:
                 self._con = duckdb.connect(":memory:", config={
                     "threads": os.cpu_count() or 2,
-                    # (DuckDB's default, relied on: a query without ORDER BY gives a table's
-                    # rows in the order they were inserted, which NBIA's lists stream in)
+                    # (DuckDB's default, relied on: a query without ORDER BY gives a file's
+                    # rows in the order they were written, which NBIA's lists stream in)
                     "preserve_insertion_order": True,
+                    "memory_limit": self.archive.memory_limit,
                     # sorts and results larger than memory spill here (DuckDB's default is
                     # .tmp in whatever directory the process was started from)
                     "temp_directory": str(self.archive.process_scratch_dir() / "duckdb")})
             return self._con.cursor()
 
-    def _table_for(self, file_name: str, items: bool = False) -> str:
-        """Load a segment into memory once; segments are immutable so the copy never goes stale.
-        An item segment gets a column for each key's rank, filled in by _rank_keys."""
+    @property
+    def generation(self) -> int:
+        """Raised by each compaction that changed the files versions are made of."""
+        return int(self._state().get("generation", 0))
+
+    def segment_sql(self, file_name: str) -> str:
+        return f"read_parquet('{self.segments_dir / file_name}')"
+
+    def items_sql(self, manifest: dict, number: int) -> str:
+        """The item rows of version `number` as made of `manifest`'s files: each segment's rows
+        whose version range holds the version, less those a later publish retired (the
+        `retired` files: an instance replaced or moved to another collection is retired in the
+        version that replaced it, and its old row stays in its segment for older versions)."""
+        files = manifest.get("items") or []
+        parts = [f"SELECT * FROM {self.segment_sql(f)} WHERE version_min <= {int(number)} "
+                 f"AND (version_max IS NULL OR version_max >= {int(number)})" for f in files]
+        union = " UNION ALL BY NAME ".join(parts) if parts else empty_items_sql()
+        retired = manifest.get("retired") or []
+        if not retired:
+            return union
+        tombstones = "read_parquet([" + ", ".join(
+            f"'{self.segments_dir / f}'" for f in retired) + "])"
+        return (f"SELECT * FROM ({union}) i WHERE NOT EXISTS (SELECT 1 FROM {tombstones} t "
+                f"WHERE t.SOPInstanceUID = i.SOPInstanceUID AND t.retired_in > i.version_min "
+                f"AND t.retired_in <= {int(number)})")
+
+    def relation(self, number: int, kind: str) -> str:
+        """Name of a view over one kind of table ('items', 'collections', 'analysis_results')
+        of a version; made on first use, and again after a compaction."""
+        view = f"{kind}_v{number}"
         with self._lock:
-            if file_name not in self._loaded:
-                table = "seg_" + Path(file_name).stem.replace("-", "_").replace(".", "_")
-                con = self.connection()
-                path = self.segments_dir / file_name
-                ranks = "".join(f", NULL::INTEGER AS {_q(rank_column(k))}" for k in RANKED_KEYS)
-                con.execute(f"CREATE OR REPLACE TABLE {_q(table)} AS "
-                            f"SELECT *{ranks if items else ''} FROM read_parquet('{path}')")
-                self._loaded[file_name] = table
-                if items:
-                    self._item_tables.append(table)
-                    self._ranks_stale = True
-            return self._loaded[file_name]
-
-    def _rank_in_background(self) -> None:
-        """Start ranking unless it is under way (it goes on while there is more to do). Called
-        with the lock held."""
-        if not self._ranking_active:
-            self._ranking_active = True
-            self._ranking = self._ranker.submit(self._rank_while_needed)
-
-    def _rank_while_needed(self) -> None:
-        """Rank the loaded segments again if one came since the last ranking, then find the
-        unique keys of the views that have not had them found. A failure (memory, say) leaves
-        those views sorting by their values, and the next segment to load tries again."""
-        while True:
-            with self._lock:
-                stale, self._ranks_stale = self._ranks_stale, False
-                tables = list(self._item_tables)  # (each view's segments are among them)
-                views = [view for view in self._item_views if view not in self._key_ranks]
-                if not stale and not views:
-                    self._ranking_active = False
-                    return
-            try:
-                if stale:
-                    self._rank_keys(tables)
-                found = {view: self._unique_keys(view) for view in views}
-            except Exception:
-                log.exception("ranking the catalogue's keys failed; results led by a key are "
-                              "sorted by its values until another segment loads")
-                with self._lock:
-                    self._ranks_stale = self._ranks_stale or stale
-                    self._ranking_active = False
-                return
-            with self._lock:
-                self._key_ranks.update(found)
-
-    def _rank_keys(self, tables: list[str]) -> None:
-        """Rank every key's values across the loaded item segments (dense: equal values, equal
-        ranks), so that ranks compare across the segments a version is made of. A new segment
-        shifts the others' ranks: all are rewritten in one transaction, and a query running
-        meanwhile sees the old ranks or the new ones, never a mix."""
-        con = self.connection()
-        con.execute("BEGIN TRANSACTION")
-        try:
-            for key in RANKED_KEYS:
-                values = " UNION ALL ".join(
-                    f"SELECT {part} AS part, rowid AS row, {_q(key)} AS value FROM {_q(table)} "
-                    f"WHERE {_q(key)} IS NOT NULL" for part, table in enumerate(tables))
-                con.execute("CREATE OR REPLACE TEMP TABLE key_ranks AS SELECT part, row, "
-                            f"dense_rank() OVER (ORDER BY value)::INTEGER AS rank FROM ({values})")
-                for part, table in enumerate(tables):
-                    con.execute(f"UPDATE {_q(table)} SET {_q(rank_column(key))} = r.rank FROM "
-                                f"key_ranks r WHERE r.part = {part} AND {_q(table)}.rowid = r.row")
-            con.execute("DROP TABLE key_ranks")
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-
-    def settle_ranks(self) -> None:
-        """Wait for the ranking under way, if any: a server's warm-up does, so that its first
-        requests are served as all later ones will be."""
-        with self._lock:
-            ranking = self._ranking
-        if ranking is not None:
-            ranking.result()
+            manifest = self.version(number).manifest  # (re-reads manifests of a new generation)
+            if self._views.get(view) == self._manifests_generation:
+                return view
+            files = manifest.get(kind) or []
+            if kind == "items":
+                sql = self.items_sql(manifest, number)
+            else:
+                if not files:
+                    raise CatalogError(f"Version {number} has no {kind} table")
+                sql = " UNION ALL BY NAME ".join(
+                    f"SELECT * FROM {self.segment_sql(f)} "
+                    f"WHERE list_contains(idc_data_versions, {int(number)})" for f in files)
+            self.connection().execute(f"CREATE OR REPLACE VIEW {_q(view)} AS {sql}")
+            self._views[view] = self._manifests_generation
+            if kind == "items":
+                self._view_versions[view] = number
+            return view
 
     def key_ranks(self, relation: str) -> dict[str, str]:
         """{key: its rank column} for the keys that are present, unique and ranked in every row
         of an items view (of relation()): ordering its rows by such a key's rank orders them by
-        the key, and any selection that includes the key is already distinct. Empty until the
-        view's segments are ranked."""
-        return self._key_ranks.get(relation, {})
+        the key, and any selection that includes the key is already distinct. The IDC import
+        works them out for each release it makes (its segments carry the ranks); a version
+        made by ingest has none."""
+        number = self._view_versions.get(relation)
+        if number is None:
+            return {}
+        return {key: rank_column(key)
+                for key in self.version(number).manifest.get("unique_keys", [])}
 
-    def relation(self, number: int, kind: str) -> str:
-        """Name of a view over one kind of table ('items', 'collections', 'analysis_results')
-        of a version; created on first use."""
-        view = f"{kind}_v{number}"
-        with self._lock:
-            if view in self._loaded:
-                return view
-            manifest = self.version(number).manifest
-            files = manifest.get(kind) or []
-            if kind == "items":
-                parts = [
-                    f"SELECT * FROM {_q(self._table_for(f, items=True))} "
-                    f"WHERE version_min <= {int(number)} "
-                    f"AND (version_max IS NULL OR version_max >= {int(number)})"
-                    for f in files
-                ] or [empty_items_sql()]
-            else:
-                parts = [
-                    f"SELECT * FROM {_q(self._table_for(f))} "
-                    f"WHERE list_contains(idc_data_versions, {int(number)})"
-                    for f in files
-                ]
-                if not parts:
-                    raise CatalogError(f"Version {number} has no {kind} table")
-            self.connection().execute(
-                f"CREATE OR REPLACE VIEW {_q(view)} AS " + " UNION ALL BY NAME ".join(parts))
-            self._loaded[view] = view
-            if kind == "items" and files:
-                self._item_views.append(view)
-                self._rank_in_background()
-            return view
+    def ingested_segments(self) -> list[str]:
+        """The item segments of ingest (or of compaction) that any published version names."""
+        return sorted({f for v in self.versions() for f in self.ingested_segments_of(v.manifest)})
 
-    def _unique_keys(self, view: str) -> dict[str, str]:
-        """The keys whose values are all there, all different and all ranked in the view."""
-        counts = self.connection().execute(
-            "SELECT count(*), " + ", ".join(
-                f"count({_q(rank_column(k))}), count(DISTINCT {_q(k)})" for k in RANKED_KEYS)
-            + f" FROM {_q(view)}").fetchone()
-        rows, per_key = counts[0], counts[1:]
-        return {key: rank_column(key) for key, ranked, distinct
-                in zip(RANKED_KEYS, per_key[::2], per_key[1::2]) if rows == ranked == distinct > 0}
+    @staticmethod
+    def ingested_segments_of(manifest: dict) -> list[str]:
+        return [f for f in manifest.get("items", [])
+                if f.startswith((INGESTED_PREFIX, COMPACTED_PREFIX))]
+
+    def published_instances(self, sops: list[str]) -> dict[str, tuple[str, str]]:
+        """{SOPInstanceUID: (crdc_instance_uuid, collection_id)} of the given instances in the
+        active version (those it holds)."""
+        active = self._state()["active"]
+        if active is None or not sops:
+            return {}
+        rows = self.connection().execute(
+            f"SELECT SOPInstanceUID, crdc_instance_uuid, collection_id "
+            f"FROM {_q(self.relation(active, 'items'))} "
+            f"WHERE SOPInstanceUID IN (SELECT unnest(?))", [sops]).fetchall()
+        return {sop: (uuid_, collection) for sop, uuid_, collection in rows}
 
     def clinical_tables(self, number: int) -> list[dict]:
         """Clinical sources of a version: [{source, collection_id, table, columns:{name:type}}]."""
         out = []
         for entry in self.version(number).manifest.get("clinical", []):
-            table = self._table_for(entry["file"])
+            table = "clinical_" + Path(entry["file"]).stem.replace("-", "_")
+            with self._lock:
+                if table not in self._views:
+                    self.connection().execute(f"CREATE OR REPLACE VIEW {_q(table)} AS "
+                                              f"SELECT * FROM {self.segment_sql(entry['file'])}")
+                    self._views[table] = 0  # (clinical files are never compacted)
             out.append({**entry, "table": table})
         return out
 

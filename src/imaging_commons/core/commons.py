@@ -116,13 +116,12 @@ class Commons:
         return CatalogSearch(self)
 
     def warm_up(self) -> None:
-        """Load the active version, build its search index and rank its keys before the first
-        request needs them (a server calls this in the background at start)."""
+        """Open the active version's search index before the first request needs it (a server
+        calls this in the background at start)."""
         try:
             self.search.index(self.catalog.active_version())
         except CatalogError:
             return  # nothing published yet: nothing to warm
-        self.catalog.settle_ranks()
 
     @cached_property
     def tokens(self) -> PageTokens:

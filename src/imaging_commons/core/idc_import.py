@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .catalog import Catalog, CatalogError, copy_to_parquet, items_select
+from .catalog import (ITEM_ORDER, RANKED_KEYS, Catalog, CatalogError, _q, copy_to_parquet,
+                      items_select, rank_column)
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,20 @@ def import_idc(catalog: Catalog, progress=None) -> ImportSummary:
     # filtering every prior series away each time
     items_paths = [catalog.new_segment_path("idc-series"),
                    catalog.new_segment_path("idc-series-prior")]
+    # each key's rank is worked out across both segments, so that ranks compare between them
+    # (each on the key alone: a window over the whole rows would sort them all five times)
+    con.execute(f"""
+        CREATE TEMP TABLE imported AS SELECT *, row_number() OVER () AS row_no FROM (
+            SELECT *, true AS current FROM ({items_select(con, _series_rows_sql(d, True))})
+            UNION ALL
+            SELECT *, false AS current FROM ({items_select(con, _series_rows_sql(d, False))}))""")
+    ranks = [f"(SELECT row_no, dense_rank() OVER (ORDER BY {_q(k)})::INTEGER AS {_q(rank_column(k))} "
+             f"FROM imported WHERE {_q(k)} IS NOT NULL)" for k in RANKED_KEYS]
+    joined = "imported " + " ".join(f"LEFT JOIN {r} USING (row_no)" for r in ranks)
     for path, current in zip(items_paths, (True, False)):
-        copy_to_parquet(con, items_select(con, _series_rows_sql(d, current)) +
-                        " ORDER BY collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID",
-                        path)
+        copy_to_parquet(con, f"SELECT * EXCLUDE (current, row_no) FROM {joined} "
+                             f"WHERE current = {current} ORDER BY {', '.join(ITEM_ORDER)}", path)
+    con.execute("DROP TABLE imported")
     src = f"read_parquet({[str(p) for p in items_paths]})"
     versions = con.execute(
         f"SELECT idc_version, version_timestamp FROM "
@@ -117,8 +128,10 @@ def import_idc(catalog: Catalog, progress=None) -> ImportSummary:
         ORDER BY a.analysis_result_id""", analysis_path)
 
     step("versions")
+    unique = _unique_keys(con, src, last)
     for number, date in versions:
         catalog.publish_version({
+            "unique_keys": unique[number],
             "date_active": str(date)[:10],
             "source": "idc-index-data",
             "items": [p.name for p in items_paths],
@@ -132,3 +145,27 @@ def import_idc(catalog: Catalog, progress=None) -> ImportSummary:
     n_coll = con.execute(f"SELECT count(*) FROM read_parquet('{collections_path}')").fetchone()[0]
     n_ar = con.execute(f"SELECT count(*) FROM read_parquet('{analysis_path}')").fetchone()[0]
     return ImportSummary(counts[0], counts[1], n_coll, n_ar, len(versions), last)
+
+
+def _unique_keys(con, src: str, last: int) -> dict[int, list[str]]:
+    """For each release, the ranked keys that every one of its series has, each a different
+    value (see Catalog.key_ranks). Worked out from version ranges: a key is not unique in the
+    releases where a row lacks it, nor where two rows with one value overlap."""
+    out = {number: set(RANKED_KEYS) for number in range(1, last + 1)}
+    for key in RANKED_KEYS:
+        spans = con.execute(f"""
+            SELECT DISTINCT version_min, coalesce(version_max, {last}) FROM {src}
+            WHERE {_q(key)} IS NULL""").fetchall()
+        shared = con.execute(f"""
+            SELECT list((version_min, coalesce(version_max, {last}))) FROM {src}
+            WHERE {_q(key)} IS NOT NULL GROUP BY {_q(key)} HAVING count(*) > 1""").fetchall()
+        for (ranges,) in shared:
+            seen: set[int] = set()
+            for low, high in ranges:
+                span = set(range(low, high + 1))
+                spans.extend((v, v) for v in span & seen)
+                seen |= span
+        for low, high in spans:
+            for number in range(low, high + 1):
+                out[number].discard(key)
+    return {number: sorted(keys) for number, keys in out.items()}

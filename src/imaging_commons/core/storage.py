@@ -1,5 +1,5 @@
-"""What to tell a person when the archive's disk cannot take a write: read-only, full, or not
-the process's to write.
+"""What to tell a person when the archive's disk cannot take a write (read-only, full, or not
+the process's to write) or a query needs more memory than the engine's limit.
 
 Such a fault is no bug of the request or the command that met it, so it is never answered with
 a traceback: the server answers 503 with the sentence `storage_problem` gives, and the CLI
@@ -17,10 +17,12 @@ from pathlib import Path
 _READ_ONLY = "the archive's storage is read-only"
 _FULL = "the archive's disk is full"
 _DENIED = "this process may not write (or read) the archive's files"
+_MEMORY = "the query needs more memory than the query engine may use"
 _FIXES = {
     _READ_ONLY: "mount it read-write (or point --archive at a writable copy) and try again",
     _FULL: "free some space on it and try again",
     _DENIED: "run as the archive's owner, or give this user write access to it",
+    _MEMORY: "narrow the query, or raise IMAGING_COMMONS_MEMORY_LIMIT",
 }
 _BY_ERRNO = {errno.EROFS: _READ_ONLY, errno.ENOSPC: _FULL, errno.EDQUOT: _FULL,
              errno.EACCES: _DENIED, errno.EPERM: _DENIED}
@@ -29,7 +31,7 @@ _BY_ERRNO = {errno.EROFS: _READ_ONLY, errno.ENOSPC: _FULL, errno.EDQUOT: _FULL,
 _BY_TEXT = (("read-only file system", _READ_ONLY), ("readonly database", _READ_ONLY),
             ("no space left on device", _FULL), ("database or disk is full", _FULL),
             ("disk quota exceeded", _FULL), ("permission denied", _DENIED),
-            ("unable to open database file", _DENIED))
+            ("unable to open database file", _DENIED), ("out of memory error", _MEMORY))
 
 
 def storage_problem(exc: BaseException, root: Path | None = None) -> str | None:
