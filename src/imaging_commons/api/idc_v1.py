@@ -20,7 +20,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from ..core.accounts import AccountError, Forbidden, NotFound, User
 from ..core.catalog import CatalogError, normalise_collection_id
-from ..core.commons import MANIFEST_SELECTORS, Page
+from ..core.commons import MANIFEST_SELECTORS, AnyPage as Page
 from ..core.paging import InvalidPageToken, StateElsewhere
 from ..core.query import FilterError
 from ..core.results import Pending

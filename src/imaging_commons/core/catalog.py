@@ -326,16 +326,20 @@ class Catalog:
         """Raised by each compaction that changed the files versions are made of."""
         return int(self._state().get("generation", 0))
 
-    def segment_sql(self, file_name: str) -> str:
-        return f"read_parquet('{self.segments_dir / file_name}')"
+    def segment_sql(self, file_name: str, row_numbers: bool = False) -> str:
+        """A segment's rows; with `row_numbers`, each row's place in the file as
+        `file_row_number` too (a filter on it skips the row groups before)."""
+        extra = ", file_row_number = true" if row_numbers else ""
+        return f"read_parquet('{self.segments_dir / file_name}'{extra})"
 
-    def items_sql(self, manifest: dict, number: int) -> str:
+    def items_sql(self, manifest: dict, number: int, row_numbers: bool = False) -> str:
         """The item rows of version `number` as made of `manifest`'s files: each segment's rows
         whose version range holds the version, less those a later publish retired (the
         `retired` files: an instance replaced or moved to another collection is retired in the
         version that replaced it, and its old row stays in its segment for older versions)."""
         files = manifest.get("items") or []
-        parts = [f"SELECT * FROM {self.segment_sql(f)} WHERE version_min <= {int(number)} "
+        parts = [f"SELECT * FROM {self.segment_sql(f, row_numbers)} "
+                 f"WHERE version_min <= {int(number)} "
                  f"AND (version_max IS NULL OR version_max >= {int(number)})" for f in files]
         union = " UNION ALL BY NAME ".join(parts) if parts else empty_items_sql()
         retired = manifest.get("retired") or []
@@ -368,6 +372,18 @@ class Catalog:
             self._views[view] = self._manifests_generation
             if kind == "items":
                 self._view_versions[view] = number
+            return view
+
+    def segment_relation(self, number: int, file_name: str) -> str:
+        """Name of a view over one item segment's rows in a version (tombstones applied), with
+        `file_row_number`: what keyset pages read a segment from a row on through."""
+        view = f"items_v{number} {Path(file_name).stem}"
+        with self._lock:
+            manifest = self.version(number).manifest
+            if self._views.get(view) != self._manifests_generation:
+                sql = self.items_sql({**manifest, "items": [file_name]}, number, row_numbers=True)
+                self.connection().execute(f"CREATE OR REPLACE VIEW {_q(view)} AS {sql}")
+                self._views[view] = self._manifests_generation
             return view
 
     def key_ranks(self, relation: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ from sqlglot import exp
 from ..config import Archive
 from .accounts import Accounts, User
 from .catalog import Catalog, CatalogError
+from .keyset import KeysetPage, KeysetPages
 from .paging import PageTokens
 from .query import Compiled, FilterError, attributes, col, compile_select
 from .cache import RecentlyUsed
@@ -80,11 +81,15 @@ class Page:
         return {**self.state, "offset": end} if end < self.total else None
 
 
+AnyPage = Page | KeysetPage  # what a paged request gets: both are read the same way
+
+
 class Commons:
     def __init__(self, archive: Archive):
         self.archive = archive
         self.catalog = Catalog(archive)
         self.results = ResultStore(self.catalog)
+        self.keyset = KeysetPages(self.catalog)
         self._attr_cache: dict[int, set[str]] = {}
         self._compiled = RecentlyUsed(COMPILED_KEPT)  # request state -> its compiled query
         self._lock = threading.Lock()
@@ -225,8 +230,8 @@ class Commons:
         small page cost: the compiled query is remembered, under the state and the collections
         hidden from this caller (worked out afresh each time, as grants change)."""
         hidden = self.hidden_collections(user, state["version"])
-        key = json.dumps([{k: v for k, v in state.items() if k != "offset"}, sorted(hidden)],
-                         sort_keys=True, default=str)
+        key = json.dumps([{k: v for k, v in state.items() if k not in ("offset", "after")},
+                          sorted(hidden)], sort_keys=True, default=str)
         return self._compiled.get(key, lambda: self._compile(state, hidden))
 
     def _compile(self, state: dict, hidden: frozenset[str]) -> Compiled:
@@ -266,10 +271,21 @@ class Commons:
         return outputs
 
     def page(self, state: dict, user: User | None, page_size: int,
-             deadline_s: float | None) -> Page:
+             deadline_s: float | None) -> AnyPage:
         """One page of a paged request, as soon as its rows can be read. Raises Pending when
-        the query's first run has no rows to read by the deadline."""
+        the query's first run has no rows to read by the deadline (at once, with a deadline of
+        0, for a keyset page, which is read when asked for).
+
+        dicomMetadata, every instance row of a version, is paged by key (keyset.py); the rest,
+        series-level answers, from materialised results."""
         compiled = self.compile_state(state, user)
+        if state["kind"] == "dicomMetadata":
+            if state.get("offset") and state.get("after") is None:
+                raise FilterError("This next_page token was made by an earlier release of the "
+                                  "server: start the query again")
+            if deadline_s == 0:
+                raise Pending(compiled.key)
+            return self.keyset.page(compiled, state, state["version"], page_size)
         result = self.results.run(compiled, deadline_s)
         sql = result.sql
         if compiled.params:
@@ -277,4 +293,4 @@ class Commons:
         return Page(result, state, int(state.get("offset", 0)), page_size, sql)
 
 
-__all__ = ["Commons", "Page", "Pending", "FilterError", "CatalogError", "MANIFEST_SELECTORS"]
+__all__ = ["AnyPage", "Commons", "Page", "Pending", "FilterError", "CatalogError", "MANIFEST_SELECTORS"]

@@ -46,6 +46,7 @@ from .catalog import (
     copy_to_parquet,
     write_json_atomic,
 )
+from .keyset import GRANULES_SUFFIX, write_granules
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def compact(catalog: Catalog, min_segments: int = 4,
                              for f in v.manifest.get("retired", [])})
             path = catalog.new_segment_path(COMPACTED_PREFIX)
             copy_to_parquet(catalog.connection(), _merged_sql(catalog, small, folded), path)
+            write_granules(catalog, path)
             if _swap(catalog, small, folded, path.name):
                 merged, into, rows = small, path.name, _rows(catalog, path.name)
             # (else the merged file is named by nothing, and the next sweep removes it)
@@ -199,7 +201,8 @@ def _sweep(catalog: Catalog, grace_s: float) -> list[str]:
                                                       or generation < e["generation"])}
             deleted = []
             for entry in os.scandir(catalog.segments_dir):
-                if entry.name in named or entry.name in waiting or not entry.is_file():
+                segment = entry.name.replace(GRANULES_SUFFIX, ".parquet")  # (its index's)
+                if segment in named or segment in waiting or not entry.is_file():
                     continue
                 os.unlink(entry.path)
                 deleted.append(entry.name)

@@ -54,6 +54,7 @@ from .catalog import (
     write_parquet_atomic,
 )
 from .dicom_rows import NotDicom, instance_row, read_header, warm_up
+from .keyset import write_granules
 from .schema import SQL_TYPES
 
 # Namespace of the archive's UUIDs: a UID (and, for instances, the content hash) always maps to
@@ -726,6 +727,7 @@ def publish(catalog: Catalog, date_active: str | None = None) -> int:
         copy_to_parquet(con, f"""
             SELECT * REPLACE ({number}::BIGINT AS version_min, NULL::BIGINT AS version_max)
             FROM {staged} ORDER BY {', '.join(ITEM_ORDER)}""", segment)
+        write_granules(catalog, segment)
         items.append(segment.name)
         for key, values in touched.items():
             values.update(r[0] for r in con.execute(f"SELECT DISTINCT {key} FROM {staged}")

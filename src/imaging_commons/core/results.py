@@ -209,18 +209,23 @@ def rows_as_json(compiled: Compiled, columns: list[tuple[str, str]],
         inner.set("distinct", None)
         inner.select(col(rank).as_(RANK_COLUMN, quoted=True), copy=False)
         order = exp.Order(expressions=[exp.Ordered(this=col(RANK_COLUMN))])
-    row = exp.Struct(expressions=[
-        exp.PropertyEQ(this=exp.to_identifier(name, quoted=True),
-                       expression=_json_value(col(name, "q"), name, sql_type))
-        for name, sql_type in columns])
-    rendered = exp.DPipe(this=exp.Anonymous(this="to_json", expressions=[row]),
-                         expression=exp.Literal.string(","), safe=True)
-    outer = exp.select(rendered.as_(ROW_COLUMN)).from_(inner.subquery("q"))
+    outer = exp.select(json_row(columns).as_(ROW_COLUMN)).from_(inner.subquery("q"))
     if order is not None:  # by the subquery's columns, which no output name can shadow
         for ordered in order.expressions:
             ordered.this.set("table", exp.to_identifier("q"))
         outer.set("order", order)
     return outer
+
+
+def json_row(columns: list[tuple[str, str]]) -> exp.Expression:
+    """A row of subquery `q` (its `columns`: name, DuckDB type) as one JSON object and a comma,
+    rendered by DuckDB."""
+    row = exp.Struct(expressions=[
+        exp.PropertyEQ(this=exp.to_identifier(name, quoted=True),
+                       expression=_json_value(col(name, "q"), name, sql_type))
+        for name, sql_type in columns])
+    return exp.DPipe(this=exp.Anonymous(this="to_json", expressions=[row]),
+                     expression=exp.Literal.string(","), safe=True)
 
 
 def _leading_key_rank(select: exp.Select, order: exp.Order | None,

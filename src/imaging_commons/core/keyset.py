@@ -1,0 +1,199 @@
+"""Keyset pages: a page of an instance-level result read from where the previous page ended.
+
+A series-level result (at most the catalogue's ~1M series) is materialised once and paged by
+offset (results.py). An instance-level result at IDC's scale (58.8M rows) cannot be: its page
+tokens carry the last row's order key instead, and a page is the first `limit` rows after it,
+read from data already in that order. dicomMetadata asks for instance rows in ITEM_ORDER, the
+order every ingested segment is written in, so a page reads each segment from the granule its
+key falls in (a granule index, the key of every GRANULE_ROWS-th row, is written beside each
+segment) and stops after `limit` rows (DuckDB streams a LIMIT without ORDER BY in file order);
+the segments' rows are then merged by key. A deep page costs what the first does.
+
+`totalFound` is a count of the query's rows, with none of them rendered, made once per query
+and kept.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from dataclasses import dataclass
+from functools import cmp_to_key
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow.parquet as pq
+from sqlglot import exp
+
+from .cache import RecentlyUsed
+from .catalog import ITEM_ORDER, Catalog, copy_to_parquet
+from .query import Compiled, col
+from .results import ROW_COLUMN, json_row
+
+GRANULE_ROWS = 8192
+GRANULES_SUFFIX = ".granules.parquet"
+KEPT = 256  # counts, granule indexes and query shapes remembered
+ROW_NUMBER = "file_row_number"
+
+
+def granules_file(segment: Path) -> Path:
+    """The granule index beside a segment (local-items-x.parquet: local-items-x.granules.parquet)."""
+    return segment.with_name(segment.name.removesuffix(".parquet") + GRANULES_SUFFIX)
+
+
+def write_granules(catalog: Catalog, segment: Path) -> None:
+    """Write a segment's granule index: the ITEM_ORDER key of every GRANULE_ROWS-th row, with
+    that row's number. Read once, at the segment's writing."""
+    keys = ", ".join(ITEM_ORDER)
+    copy_to_parquet(catalog.connection(), f"""
+        SELECT {ROW_NUMBER}, {keys} FROM {catalog.segment_sql(segment.name, row_numbers=True)}
+        WHERE {ROW_NUMBER} % {GRANULE_ROWS} = 0 ORDER BY {ROW_NUMBER}""", granules_file(segment))
+
+
+def _compare(a: tuple, b: tuple) -> int:
+    """Order keys as the segments are sorted: values ascending, NULLs last."""
+    for x, y in zip(a, b):
+        if x == y:
+            continue
+        if x is None:
+            return 1
+        if y is None:
+            return -1
+        return -1 if x < y else 1
+    return 0
+
+
+_KEY = cmp_to_key(_compare)
+
+
+@dataclass(frozen=True)
+class KeysetPage:
+    """A page of a keyset-paged result: complete once made, like a finished materialised page."""
+
+    rows: list[bytes]  # each row's JSON object
+    state: dict
+    offset: int  # rows before this page
+    total: int
+    last_key: list | None
+    sql: str
+
+    complete = True
+
+    def rows_json(self) -> Iterator[bytes]:
+        yield b"[" + b",".join(self.rows) + b"]"
+
+    @property
+    def returned(self) -> int:
+        return len(self.rows)
+
+    @property
+    def next_state(self) -> dict | None:
+        end = self.offset + self.returned
+        if end >= self.total or self.last_key is None:
+            return None
+        return {**self.state, "offset": end, "after": self.last_key}
+
+
+class KeysetPages:
+    """Keyset pages of the queries whose order is ITEM_ORDER over instance rows."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self._counts = RecentlyUsed(KEPT)
+        self._granules = RecentlyUsed(KEPT)
+        self._shapes = RecentlyUsed(KEPT)
+        self._lock = threading.Lock()
+
+    def page(self, compiled: Compiled, state: dict, version: int, limit: int) -> KeysetPage:
+        after = state.get("after")
+        rows: list[tuple[tuple, bytes]] = []
+        manifest = self.catalog.version(version).manifest
+        for segment in self.catalog.ingested_segments_of(manifest):
+            rows.extend(self._segment_rows(compiled, version, segment, after, limit))
+        rows.sort(key=lambda row: _KEY(row[0]))
+        rows = rows[:limit]
+        return KeysetPage([r[1] for r in rows], state, int(state.get("offset", 0)),
+                          self.total(compiled), list(rows[-1][0]) if rows else None,
+                          compiled.sql())
+
+    def total(self, compiled: Compiled) -> int:
+        """The number of rows of the query, counted once."""
+        def count() -> int:
+            tree = compiled.tree.copy()
+            tree.set("order", None)
+            sql = exp.select(exp.Count(this=exp.Star())).from_(tree.subquery("q")).sql("duckdb")
+            return self.catalog.connection().execute(sql, compiled.params).fetchone()[0]
+
+        return self._counts.get(compiled.key, count)
+
+    def _segment_rows(self, compiled: Compiled, version: int, segment: str, after: list | None,
+                      limit: int) -> list[tuple[tuple, bytes]]:
+        """The first `limit` rows of the query in one segment after the key `after`."""
+        con = self.catalog.connection()
+        relation = self.catalog.segment_relation(version, segment)
+        inner = compiled.tree.copy()
+        inner.set("order", None)
+        inner = inner.from_(exp.to_table(relation, quoted=True), copy=False)
+        start = self._start(segment, after)
+        if start:
+            inner = inner.where(exp.GTE(this=col(ROW_NUMBER),
+                                        expression=exp.Literal.number(start)))
+        params = list(compiled.params)
+        if after is not None:
+            inner = inner.where(_after(list(ITEM_ORDER), after, params))
+        inner.set("limit", exp.Limit(expression=exp.Literal.number(limit)))
+        columns = self._columns(compiled)
+        outer = exp.select(json_row(columns).as_(ROW_COLUMN),
+                           *[col(k, "q") for k in ITEM_ORDER]).from_(inner.subquery("q"))
+        found = con.execute(outer.sql("duckdb"), params).fetchall()
+        return [(tuple(row[1:]), row[0][:-1].encode()) for row in found]
+
+    def _columns(self, compiled: Compiled) -> list[tuple[str, str]]:
+        """The query's output names and types, asked of DuckDB once per query shape."""
+        sql = compiled.sql()
+
+        def describe() -> list[tuple[str, str]]:
+            rows = self.catalog.connection().execute(f"DESCRIBE {sql}", compiled.params)
+            return [(r[0], r[1]) for r in rows.fetchall()]
+
+        return self._shapes.get(sql, describe)
+
+    def _start(self, segment: str, after: list | None) -> int:
+        """The number of the row to read a segment from: that of the last granule whose key is
+        at most `after` (0 without a key, or for a segment written without granules)."""
+        if after is None:
+            return 0
+        rows, keys = self._granules.get(segment, lambda: self._read_granules(segment))
+        at = bisect.bisect_right(keys, _KEY(tuple(after))) - 1
+        return rows[at] if at >= 0 else 0
+
+    def _read_granules(self, segment: str) -> tuple[list[int], list]:
+        path = granules_file(self.catalog.segments_dir / segment)
+        if not path.exists():
+            return [], []
+        table = pq.read_table(path)
+        rows = table[ROW_NUMBER].to_pylist()
+        keys = [_KEY(key) for key in zip(*(table[k].to_pylist() for k in ITEM_ORDER))]
+        return rows, keys
+
+
+def _after(columns: list[str], key: list, params: list) -> exp.Expression:
+    """Rows whose key comes after `key` in the order the segments are sorted in (ascending,
+    NULLs last): greater in the first column, or equal there and after in the rest."""
+    name, value = columns[0], key[0]
+    column = col(name)
+    if value is None:
+        greater: exp.Expression = exp.false()
+        equal: exp.Expression = exp.Is(this=column.copy(), expression=exp.Null())
+    else:
+        params.append(value)
+        greater = exp.or_(exp.GT(this=column.copy(), expression=exp.Placeholder()),
+                          exp.Is(this=column.copy(), expression=exp.Null()))
+        equal = None
+    if len(columns) == 1:
+        return greater
+    if equal is None:
+        params.append(value)
+        equal = exp.EQ(this=column.copy(), expression=exp.Placeholder())
+    rest = _after(columns[1:], key[1:], params)
+    return exp.or_(greater, exp.and_(equal, rest))
