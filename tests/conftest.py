@@ -111,7 +111,9 @@ def small_archive(tmp_path) -> Archive:
 
 @pytest.fixture
 def copy_of_demo(demo_archive_dir, tmp_path) -> Archive:
-    """A private copy of the demo archive, for tests that publish new versions."""
+    """A private copy of the demo archive, for tests that publish new versions (without the
+    work files of the processes using the original: its scratch folder, an index being built)."""
     dest = tmp_path / "demo-copy"
-    shutil.copytree(demo_archive_dir, dest, ignore=shutil.ignore_patterns("accounts.sqlite*"))
+    shutil.copytree(demo_archive_dir, dest, ignore=shutil.ignore_patterns(
+        "accounts.sqlite*", "tmp", ".nbia-v*.tmp-*"))
     return Archive(dest)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .catalog import (ITEM_ORDER, RANKED_KEYS, Catalog, CatalogError, _q, copy_to_parquet,
                       items_select, rank_column)
+from .search import build_search_index
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,8 @@ def import_idc(catalog: Catalog, progress=None) -> ImportSummary:
         f"count(*) FILTER (WHERE version_max IS NOT NULL) FROM {src}").fetchone()
     n_coll = con.execute(f"SELECT count(*) FROM read_parquet('{collections_path}')").fetchone()[0]
     n_ar = con.execute(f"SELECT count(*) FROM read_parquet('{analysis_path}')").fetchone()[0]
+    step("search index")
+    build_search_index(catalog, last)
     return ImportSummary(counts[0], counts[1], n_coll, n_ar, len(versions), last)
 
 

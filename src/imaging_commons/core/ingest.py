@@ -56,6 +56,7 @@ from .catalog import (
 from .dicom_rows import NotDicom, instance_row, read_header, warm_up
 from .keyset import write_granules
 from .schema import SQL_TYPES
+from .search import build_search_index
 
 # Namespace of the archive's UUIDs: a UID (and, for instances, the content hash) always maps to
 # the same UUID, which is what makes re-ingest idempotent.
@@ -774,6 +775,7 @@ def publish(catalog: Catalog, date_active: str | None = None) -> int:
         "analysis_results") else []
     published = catalog.publish_version(manifest, number=number)
     catalog.clear_stage()
+    build_search_index(catalog, published)
     return published
 
 

@@ -2,29 +2,39 @@
 
 NBIA thinks in patients -> studies -> series, addresses them by integer keys and counts
 patients. The catalogue holds one row per series (the IDC import) or per instance (ingested
-files), so each version gets an index once (see `CatalogSearch._build_index`): one row per
-series with image counts and sizes summed over instance rows, a stable integer key per series
-and a dense patient number whose order is the subject sort order; plus a rollup and
-per-patient and per-collection counts that keep the simple search fast over a million series.
-Every query runs in DuckDB with values passed as `?` parameters. Restricted collections the
-caller may not see are left out of every answer by the `Scope` the caller's queries run in.
+files), so each version gets an index (see `_write_index`): one row per series with image
+counts and sizes summed over instance rows, a stable integer key per series and a dense
+patient number whose order is the subject sort order; plus a rollup and per-patient and
+per-collection counts that keep the simple search fast over a million series. The index is
+built once per version, on disk, as Parquet files beside the catalogue (`build_search_index`,
+which publish calls), and read through DuckDB views: a server's start-up time and memory do
+not grow with the archive. Every query runs in DuckDB with values passed as `?` parameters.
+Restricted collections the caller may not see are left out of every answer by the `Scope`
+the caller's queries run in.
 
-The queries are DuckDB-specific aggregations (materialised CTEs, list aggregates) over tables
-that only exist inside this process, so they are written as SQL templates with fixed
+The queries are DuckDB-specific aggregations (materialised CTEs, list aggregates) over the
+index's own tables, which no other store has, so they are written as SQL templates with fixed
 fragments rather than through the portable cohort query layer.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import html
+import os
 import re
+import shutil
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .accounts import User
-from .catalog import Catalog, CatalogError, normalise_collection_id, stable_pk, stable_pk_sql
+from .catalog import (Catalog, CatalogError, copy_to_parquet, normalise_collection_id, stable_pk,
+                      stable_pk_sql)
 
 # Species codes as NBIA sends them (SNOMED CT), by the catalogue's species names.
 SPECIES_CODES: Mapping[str, tuple[str, str]] = {
@@ -42,9 +52,16 @@ ROLLUP_COLUMNS = ("patient_no", "study_key", "collection_id", "collection", "Pat
                   "Modality", "BodyPartExamined", "Manufacturer", "ManufacturerModelName",
                   "StudyDate", "third_party", "commercial_restricted")
 ROW_BATCH = 5000
-# Indexes kept in memory: the newest version's, and the one before it, which requests that
-# began before a publish may still be reading.
+# Indexes kept open (their views): the newest version's, and the one before it, which
+# requests that began before a publish may still be reading.
 KEPT_INDEXES = 2
+# The tables of a version's index, each a Parquet file of its folder and a view named
+# nbia_{table}_v{version}; the folder also holds `collections`, read once when it is opened.
+INDEX_TABLES = ("series", "rollup", "patients", "facets")
+# The collection facts a search needs, as the index keeps them (species resolved)
+INDEX_COLLECTION_COLUMNS = ("collection_id", "collection_name", "species", "doi", "description",
+                            "date_updated", "license_short_name", "license_long_name",
+                            "license_url")
 
 # Searchable fields of the text search, in the order a hit is reported from, with the label
 # NBIA prints for them.
@@ -150,16 +167,16 @@ class CollectionInfo:
 
 @dataclass(frozen=True)
 class VersionIndex:
-    """What a data version's queries need: its tables (see CatalogSearch._build_index), its
-    collections and the publication date of every version (a series' release date is that
-    of its first one)."""
+    """What a data version's queries need: its tables (views over its index, see
+    `_write_index`; the item rows are asked of the catalogue each time, whose views follow
+    compactions), its collections and the publication date of every version (a series'
+    release date is that of its first one)."""
 
     version: int
     series: str
     rollup: str
     patients: str
     facets: str
-    items: str
     collections: Mapping[str, CollectionInfo]
     release_dates: Mapping[int, str]
 
@@ -347,8 +364,153 @@ class _Matched:
         return self.facet_sql.format(column=column)
 
 
+# ----- the index on disk -------------------------------------------------------------------
+def index_dir(catalog: Catalog, version: int) -> Path:
+    """Where a version's index lies: in the catalogue's folder, beside what it is built from."""
+    return catalog.dir / "indexes" / f"nbia-v{version}"
+
+
+def build_search_index(catalog: Catalog, version: int) -> Path:
+    """The folder of a version's index, built first unless it is there already: publish calls
+    this once a version is published, so that no server has to build it at start; a server
+    builds it itself for a version that has none. A published version never changes its rows,
+    so a built index never goes stale.
+
+    The index is written in a temporary folder beside its place, synced and renamed into place
+    whole: a crash, or another process, never sees half of one. Builds hold an flock on
+    indexes/build.lock, so a process that finds another one building waits for it and takes
+    its index; and the temporary folders found while holding it are those of builds that
+    died, which are removed. Where the lock does not reach (another host, on a file system
+    whose locks are local), two builds may race: the loser finds the index in place and keeps
+    it."""
+    folder = index_dir(catalog, version)
+    if folder.is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(folder.parent):
+        if folder.is_dir():
+            return folder  # built by the process this one waited for
+        for leftover in folder.parent.glob(".nbia-v*.tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex}")
+        tmp.mkdir()
+        try:
+            _write_index(catalog, version, tmp)
+            _sync_folder(tmp)
+            try:
+                os.rename(tmp, folder)
+            except OSError:
+                if not folder.is_dir():
+                    raise
+                shutil.rmtree(tmp)
+            _sync_folder(folder.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return folder
+
+
+def _write_index(catalog: Catalog, version: int, folder: Path) -> None:
+    """A version's index as Parquet files in `folder`, one per table of INDEX_TABLES: `series`
+    (one row per series, what answers are made of, written in SERIES_ORDER so that whole lists
+    stream from it unsorted: DuckDB, keeping insertion order, scans a file in the order it was
+    written), `rollup` (series counted per patient, study and combination of the facts a
+    simple search filters on: a third of the rows to aggregate), `patients` (study and series
+    counts per patient) and `facets` (patients per collection and modality, body part or
+    manufacturer), the last two answering searches that only pick collections; plus
+    `collections`, the version's collection facts with species resolved (else a scan of every
+    item row at each start). Sums are cast to BIGINT: DuckDB's sums are HUGEINTs, which it
+    writes to Parquet as doubles. `rollup`, `patients` and `facets` are computed from the
+    `series` file, so no table is held in memory; sorts larger than memory spill to the
+    process's scratch folder (the connection's temp_directory)."""
+    items = catalog.relation(version, "items")
+    collections = catalog.relation(version, "collections")
+    con = catalog.connection()
+    described = ", ".join(_DESCRIPTIVE)
+    first_values = ", ".join(f"any_value({c}) AS {c}" for c in _DESCRIPTIVE)
+    copy_to_parquet(con, f"""
+        WITH series AS (
+            SELECT collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID,
+                   {described}, instance_count AS image_count,
+                   series_size_bytes AS size_bytes, version_min
+            FROM {items} WHERE level = 'series'
+            UNION ALL BY NAME
+            SELECT collection_id, SeriesInstanceUID, any_value(PatientID) AS PatientID,
+                   any_value(StudyInstanceUID) AS StudyInstanceUID, {first_values},
+                   sum(instance_count)::BIGINT AS image_count,
+                   sum(coalesce(instance_size, series_size_bytes))::BIGINT AS size_bytes,
+                   min(version_min) AS version_min
+            FROM {items} WHERE level = 'instance'
+            GROUP BY collection_id, SeriesInstanceUID),
+        licenses AS (
+            SELECT license_short_name, any_value(license_long_name) AS license_long_name,
+                   any_value(license_url) AS license_url
+            FROM {collections} WHERE license_short_name IS NOT NULL GROUP BY 1)
+        SELECT s.*, coalesce(c.collection_name, s.collection_id) AS collection,
+               l.license_long_name, l.license_url,
+               s.analysis_result_id IS NOT NULL AS third_party,
+               coalesce(contains(upper(s.license_short_name), 'NC'), false)
+                   AS commercial_restricted,
+               dense_rank() OVER (ORDER BY s.PatientID, collection, s.collection_id)
+                   AS patient_no,
+               hash(s.StudyInstanceUID) AS study_key,
+               {stable_pk_sql('s.SeriesInstanceUID')} AS series_pk
+        FROM series s
+        LEFT JOIN {collections} c ON c.collection_id = s.collection_id
+        LEFT JOIN licenses l ON l.license_short_name = s.license_short_name
+        ORDER BY {SERIES_ORDER}""", folder / "series.parquet")
+    series = _parquet_scan(folder / "series.parquet")
+    copy_to_parquet(con, f"SELECT {', '.join(ROLLUP_COLUMNS)}, count(*) AS series "
+                         f"FROM {series} GROUP BY ALL", folder / "rollup.parquet")
+    copy_to_parquet(con, f"""
+        SELECT patient_no, any_value(collection_id) AS collection_id,
+               any_value(collection) AS collection, any_value(PatientID) AS PatientID,
+               count(DISTINCT study_key) AS studies, count(*) AS series
+        FROM {series} GROUP BY patient_no""", folder / "patients.parquet")
+    copy_to_parquet(con, " UNION ALL ".join(
+        f"SELECT collection_id, '{column}' AS facet, {column} AS value, "
+        f"count(DISTINCT patient_no) AS patients FROM {series} "
+        f"WHERE {column} IS NOT NULL GROUP BY collection_id, {column}"
+        for column in FACETS), folder / "facets.parquet")
+    # a collection ingested without metadata gets its species from its items
+    facts = ", ".join("coalesce(nullif(c.species, ''), i.species) AS species"
+                      if column == "species" else f"c.{column}"
+                      for column in INDEX_COLLECTION_COLUMNS)
+    copy_to_parquet(con, f"""
+        SELECT {facts} FROM {collections} c
+        LEFT JOIN (SELECT collection_id, any_value(tcia_species) AS species FROM {items}
+                   WHERE tcia_species IS NOT NULL GROUP BY 1) i
+            ON i.collection_id = c.collection_id""", folder / "collections.parquet")
+
+
+@contextmanager
+def _build_lock(folder: Path) -> Iterator[None]:
+    """Hold the flock of `folder`/build.lock, waiting for it (see build_search_index); the
+    kernel drops it when the process ends, however it ends."""
+    fd = os.open(folder / "build.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the names in a folder (its files, a rename into it) survive a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _parquet_scan(path: Path) -> str:
+    return "read_parquet('" + str(path).replace("'", "''") + "')"
+
+
 class CatalogSearch:
-    """The NBIA search core of one archive. Thread-safe; each version's index is built once."""
+    """The NBIA search core of one archive. Thread-safe; each version's index is opened once
+    per process, and built once per archive."""
 
     def __init__(self, commons):
         self.commons = commons
@@ -368,86 +530,29 @@ class CatalogSearch:
     def index(self, version: int) -> VersionIndex:
         with self._lock:
             if version not in self._indexes:
-                self._indexes[version] = self._build_index(version)
+                self._indexes[version] = self._open_index(version)
                 for stale in list(self._indexes)[:-KEPT_INDEXES]:
-                    for table in self._indexes.pop(stale).tables:
-                        self.catalog.connection().execute(f"DROP TABLE IF EXISTS {table}")
+                    for view in self._indexes.pop(stale).tables:
+                        self.catalog.connection().execute(f"DROP VIEW IF EXISTS {view}")
             return self._indexes[version]
 
-    def _build_index(self, version: int) -> VersionIndex:
-        """Four tables per version: `series` (one row per series, what answers are made of,
-        stored in SERIES_ORDER so that whole lists stream from it unsorted),
-        `rollup` (series counted per patient, study and combination of the facts a simple
-        search filters on: a third of the rows to aggregate), `patients` (study and series
-        counts per patient) and `facets` (patients per collection and modality, body part or
-        manufacturer), the last two answering searches that only pick collections."""
-        items = self.catalog.relation(version, "items")
-        collections_rel = self.catalog.relation(version, "collections")
-        names = [f"nbia_{kind}_v{version}" for kind in ("series", "rollup", "patients", "facets")]
-        series, rollup, patients, facets = names
-        described = ", ".join(_DESCRIPTIVE)
-        first_values = ", ".join(f"any_value({c}) AS {c}" for c in _DESCRIPTIVE)
+    def _open_index(self, version: int) -> VersionIndex:
+        """Views over a version's index files (built first if the version has none yet), and
+        its collections, read from the index's small `collections` file."""
+        folder = build_search_index(self.catalog, version)
         con = self.catalog.connection()
-        con.execute(f"""
-            CREATE OR REPLACE TABLE {series} AS
-            WITH series AS (
-                SELECT collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID,
-                       {described}, instance_count AS image_count,
-                       series_size_bytes AS size_bytes, version_min
-                FROM {items} WHERE level = 'series'
-                UNION ALL BY NAME
-                SELECT collection_id, SeriesInstanceUID, any_value(PatientID) AS PatientID,
-                       any_value(StudyInstanceUID) AS StudyInstanceUID, {first_values},
-                       sum(instance_count) AS image_count,
-                       sum(coalesce(instance_size, series_size_bytes)) AS size_bytes,
-                       min(version_min) AS version_min
-                FROM {items} WHERE level = 'instance'
-                GROUP BY collection_id, SeriesInstanceUID),
-            licenses AS (
-                SELECT license_short_name, any_value(license_long_name) AS license_long_name,
-                       any_value(license_url) AS license_url
-                FROM {collections_rel} WHERE license_short_name IS NOT NULL GROUP BY 1)
-            SELECT s.*, coalesce(c.collection_name, s.collection_id) AS collection,
-                   l.license_long_name, l.license_url,
-                   s.analysis_result_id IS NOT NULL AS third_party,
-                   coalesce(contains(upper(s.license_short_name), 'NC'), false)
-                       AS commercial_restricted,
-                   dense_rank() OVER (ORDER BY s.PatientID, collection, s.collection_id)
-                       AS patient_no,
-                   hash(s.StudyInstanceUID) AS study_key,
-                   {stable_pk_sql('s.SeriesInstanceUID')} AS series_pk
-            FROM series s
-            LEFT JOIN {collections_rel} c ON c.collection_id = s.collection_id
-            LEFT JOIN licenses l ON l.license_short_name = s.license_short_name
-            ORDER BY {SERIES_ORDER}""")
-        rolled = ", ".join(ROLLUP_COLUMNS)
-        con.execute(f"CREATE OR REPLACE TABLE {rollup} AS SELECT {rolled}, count(*) AS series "
-                    f"FROM {series} GROUP BY ALL")
-        con.execute(f"""
-            CREATE OR REPLACE TABLE {patients} AS
-            SELECT patient_no, any_value(collection_id) AS collection_id,
-                   any_value(collection) AS collection, any_value(PatientID) AS PatientID,
-                   count(DISTINCT study_key) AS studies, count(*) AS series
-            FROM {series} GROUP BY patient_no""")
-        con.execute(f"CREATE OR REPLACE TABLE {facets} AS " + " UNION ALL ".join(
-            f"SELECT collection_id, '{column}' AS facet, {column} AS value, "
-            f"count(DISTINCT patient_no) AS patients FROM {series} "
-            f"WHERE {column} IS NOT NULL GROUP BY collection_id, {column}"
-            for column in FACETS))
-        rows = con.execute(f"""
-            SELECT collection_id, collection_name, species, doi, description, date_updated,
-                   license_short_name, license_long_name, license_url
-            FROM {collections_rel}""").fetchall()
-        # a collection ingested without metadata gets its species from its items
-        item_species = dict(con.execute(
-            f"SELECT collection_id, any_value(tcia_species) FROM {items} "
-            f"WHERE tcia_species IS NOT NULL GROUP BY 1").fetchall())
+        names = [f"nbia_{table}_v{version}" for table in INDEX_TABLES]
+        for name, table in zip(names, INDEX_TABLES):
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS "
+                        f"SELECT * FROM {_parquet_scan(folder / f'{table}.parquet')}")
+        rows = con.execute(f"SELECT {', '.join(INDEX_COLLECTION_COLUMNS)} "
+                           f"FROM {_parquet_scan(folder / 'collections.parquet')}").fetchall()
         infos = {}
         for cid, name, species_text, *rest in rows:
-            species, phantom = species_of(species_text or item_species.get(cid))
+            species, phantom = species_of(species_text)
             infos[cid] = CollectionInfo(cid, name or cid, species, phantom, *rest)
         dates = {v.version: v.date_active for v in self.catalog.versions()}
-        return VersionIndex(version, *names, items, infos, dates)
+        return VersionIndex(version, *names, infos, dates)
 
     # ----- filters -------------------------------------------------------------------------
     def _where(self, scope: Scope, criteria: Criteria, keep_order: bool = False) -> _Where:
@@ -667,7 +772,7 @@ class CatalogSearch:
                     max_rows: int | None = None) -> Iterator[list[dict]]:
         """Series records in SERIES_ORDER, in batches, for answers that may run to the whole
         catalogue; with `max_rows`, AnswerTooLarge before the first batch if there would be
-        more. The rows come in the index table's own order (DuckDB keeps a scan's insertion
+        more. The rows come in the index file's own order (DuckDB keeps a scan's insertion
         order where a query has no ORDER BY and no join): a sort would hold the whole answer
         in memory, ~250 MB for NLST's 592,600 series, for every request running at once. Only
         a filter of more than ORDERED_LIST_MAX values (a long cart, many patients) is sorted,
@@ -763,7 +868,7 @@ class CatalogSearch:
         rows = self.catalog.connection().execute(f"""
             SELECT SOPInstanceUID, SeriesInstanceUID, StudyInstanceUID, InstanceNumber,
                    instance_size
-            FROM {scope.index.items}
+            FROM {self.catalog.relation(scope.index.version, "items")}
             WHERE level = 'instance' AND SeriesInstanceUID IN (SELECT unnest(?::VARCHAR[]))
             ORDER BY SeriesInstanceUID, InstanceNumber NULLS LAST, SOPInstanceUID""",
             [list(series)]).fetchall()

@@ -1,0 +1,214 @@
+"""The NBIA search index on disk: built once per version, in a temporary folder renamed into
+place, read by every later process through views, and answering what the catalogue holds.
+Expected values are counted independently with DuckDB over the version's item rows."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from imaging_commons.config import Archive
+from imaging_commons.core import search as search_module
+from imaging_commons.core.commons import Commons
+from imaging_commons.core.search import (INDEX_TABLES, SERIES_ORDER, Criteria, Sort,
+                                         build_search_index, index_dir)
+
+INDEX_FILES = {f"{table}.parquet" for table in INDEX_TABLES} | {"collections.parquet"}
+
+
+def answers(commons: Commons) -> tuple:
+    """What a server would answer from the index: a page of the simple search, the series of
+    the active version, a text search and the collections."""
+    search = commons.search
+    scope = search.scope(None)
+    return (search.search(scope, Criteria(), Sort(), 0, 50),
+            search.series(scope, Criteria()),
+            search.text_search(scope, "CT"),
+            scope.visible_collections())
+
+
+def files_of(folder: Path) -> dict[str, tuple[int, int]]:
+    return {f.name: (f.stat().st_ino, f.stat().st_mtime_ns) for f in folder.iterdir()}
+
+
+def leftovers(archive: Archive) -> list[str]:
+    return [p.name for p in (archive.catalog_dir / "indexes").glob(".nbia-v*")]
+
+
+def test_publish_builds_the_index_and_processes_read_it_without_rebuilding(small_archive,
+                                                                          monkeypatch):
+    """The fixture's publish built version 1's index: no process builds it again."""
+    folder = small_archive.catalog_dir / "indexes" / "nbia-v1"
+    assert {f.name for f in folder.iterdir()} == INDEX_FILES
+    built = files_of(folder)
+
+    def no_rebuild(*args):
+        raise AssertionError("the index was built again")
+
+    monkeypatch.setattr(search_module, "_write_index", no_rebuild)
+    first = Commons(small_archive)
+    assert index_dir(first.catalog, 1) == folder
+    expected = answers(first)
+    assert leftovers(small_archive) == []
+    second = Commons(Archive(small_archive.root))
+    assert answers(second) == expected
+    assert expected[1]  # (the samples' series, not an empty answer)
+    assert files_of(folder) == built
+
+
+def test_the_index_is_read_through_views_only(small_archive):
+    """Nothing of the index is held in memory: its tables are views over its files."""
+    commons = Commons(small_archive)
+    index = commons.search.index(1)
+    con = commons.catalog.connection()
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() "
+                                       "WHERE NOT internal").fetchall()}
+    assert not tables & set(index.tables)
+    assert set(index.tables) <= views
+
+
+def test_stale_indexes_drop_only_their_views(small_archive):
+    commons = Commons(small_archive)
+    catalog = commons.catalog
+    for _ in range(2):  # two more versions holding the same rows
+        catalog.publish_version(catalog.version(1).manifest)
+    indexes = [commons.search.index(v) for v in (1, 2, 3)]
+    con = catalog.connection()
+    views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    assert not set(indexes[0].tables) & views
+    assert set(indexes[1].tables) | set(indexes[2].tables) <= views
+    assert index_dir(catalog, 1).is_dir()  # (the files stay for the next process)
+    assert commons.search.index(1).series == indexes[0].series  # opened again from disk
+
+
+@pytest.fixture
+def unindexed(small_archive) -> Archive:
+    """The samples' archive as a publish killed before building its index left it."""
+    shutil.rmtree(small_archive.catalog_dir / "indexes" / "nbia-v1")
+    return small_archive
+
+
+def test_a_half_built_index_left_behind_is_ignored_and_removed(unindexed):
+    """A build that died left its temporary folder (a publish killed before its version's index
+    was in place): the index is built beside it, and the next build (holding the build lock, so
+    no other build is live) removes it."""
+    indexes = unindexed.catalog_dir / "indexes"
+    junk = indexes / ".nbia-v1.tmp-xyz"
+    junk.mkdir(parents=True)
+    (junk / "series.parquet").write_bytes(b"not parquet")
+    (indexes / ".nbia-v7.tmp-0123").mkdir()  # another version's
+    commons = Commons(unindexed)
+    page = commons.search.search(commons.search.scope(None), Criteria(), Sort(), 0, 10)
+    assert page.total_patients > 0
+    assert {f.name for f in (indexes / "nbia-v1").iterdir()} == INDEX_FILES
+    assert leftovers(unindexed) == []
+
+
+def test_builds_at_once_make_one_index(unindexed, monkeypatch):
+    """Processes that open a missing index together: one builds, the others wait for it and
+    take it (each Commons has its own DuckDB database, as a process would)."""
+    writes = []
+    write = search_module._write_index
+
+    def counted_write(catalog, version, folder):
+        writes.append(version)
+        write(catalog, version, folder)
+
+    monkeypatch.setattr(search_module, "_write_index", counted_write)
+    catalogs = [Commons(Archive(unindexed.root)).catalog for _ in range(3)]
+    folders, errors = [], []
+    together = threading.Barrier(len(catalogs))
+
+    def build(catalog):
+        together.wait()
+        try:
+            folders.append(build_search_index(catalog, 1))
+        except Exception as e:  # (reported by the assertion below)
+            errors.append(e)
+
+    threads = [threading.Thread(target=build, args=(c,)) for c in catalogs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert writes == [1]
+    assert folders == [index_dir(catalogs[0], 1)] * 3
+    assert leftovers(unindexed) == []
+
+
+def test_a_build_that_loses_the_race_keeps_the_index_in_place(unindexed, monkeypatch):
+    """Where the build lock does not reach (another host), a build may finish second: its
+    rename fails, and the index already in place is kept."""
+    catalog = Commons(unindexed).catalog
+    folder = index_dir(catalog, 1)
+    write = search_module._write_index
+
+    def other_host_finishes_first(catalog, version, tmp):
+        write(catalog, version, tmp)
+        shutil.copytree(tmp, folder)
+        (folder / "from-the-other-host").touch()
+
+    monkeypatch.setattr(search_module, "_write_index", other_host_finishes_first)
+    assert build_search_index(catalog, 1) == folder
+    assert (folder / "from-the-other-host").exists()
+    assert leftovers(unindexed) == []
+
+
+# ----- the index answers what the catalogue holds ----------------------------------------------
+@pytest.fixture(scope="module")
+def demo(demo_archive_dir) -> Commons:
+    """The demo archive's active version (IDC v25 and pydicom's samples), its index built as a
+    server would build it."""
+    return Commons(Archive(demo_archive_dir))
+
+
+def counted(commons: Commons, sql: str) -> dict:
+    """{collection_id: value} of an independent query over the active version's item rows."""
+    items = commons.catalog.relation(commons.catalog.active_version(), "items")
+    con = commons.catalog.connection()
+    return dict(con.execute(sql.format(items=items) + " GROUP BY collection_id").fetchall())
+
+
+def test_series_and_images_per_collection(demo):
+    series: dict[str, int] = {}
+    images: dict[str, int] = {}
+    scope = demo.search.scope(None)
+    for batch in demo.search.iter_series(scope, Criteria()):
+        for row in batch:
+            series[row["collection_id"]] = series.get(row["collection_id"], 0) + 1
+            images[row["collection_id"]] = (images.get(row["collection_id"], 0)
+                                            + row["image_count"])
+    assert series == counted(demo, "SELECT collection_id, count(DISTINCT SeriesInstanceUID) "
+                                   "FROM {items}")
+    assert images == counted(demo, "SELECT collection_id, sum(instance_count)::BIGINT "
+                                   "FROM {items}")
+    assert len(series) > 100 and all(isinstance(n, int) for n in images.values())
+
+
+def test_patients_per_collection_and_modality(demo):
+    """Patients are (collection, PatientID): series without a PatientID share one patient."""
+    search = demo.search
+    scope = search.scope(None)
+    patients = "SELECT collection_id, count(DISTINCT (collection_id, PatientID)) FROM {items}"
+    assert dict(search.value_counts(scope, "collection_id", Criteria())) == counted(
+        demo, patients)
+    assert dict(search.value_counts(scope, "collection_id", Criteria(modalities=["MR"]))) == (
+        counted(demo, patients + " WHERE Modality = 'MR'"))
+    ct_patients = counted(demo, patients + " WHERE Modality = 'CT'")
+    page = search.search(scope, Criteria(modalities=["CT"]), Sort(), 0, 5)
+    assert page.total_patients == sum(ct_patients.values())
+
+
+def test_series_stream_in_series_order(demo):
+    """Whole lists stream from the index file unsorted: its rows are in SERIES_ORDER (DuckDB
+    sorts NULLs last)."""
+    keys = [tuple((row[c.strip()] is None, row[c.strip()] or "") for c in SERIES_ORDER.split(","))
+            for batch in demo.search.iter_series(demo.search.scope(None), Criteria())
+            for row in batch]
+    assert len(keys) > 1_000_000
+    assert keys == sorted(keys)
