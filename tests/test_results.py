@@ -22,7 +22,7 @@ from imaging_commons.core.results import ROW_COLUMN, Result, ResultStore
 
 
 def _state(modality: str) -> dict:
-    return {"kind": "manifest", "version": 1, "fields": ["SOPInstanceUID"], "offset": 0,
+    return {"kind": "manifest", "version": 1, "fields": ["SeriesInstanceUID"], "offset": 0,
             "filters": {"Modality": [modality]}}
 
 
@@ -78,7 +78,7 @@ def test_a_result_too_large_for_memory_is_read_from_a_file(small_archive, monkey
     the memory one, and evicting the result removes it."""
     commons = Commons(small_archive)
     store = commons.results
-    state = {**_state("CT"), "fields": ["SOPInstanceUID", "SeriesInstanceUID"]}
+    state = {**_state("CT"), "fields": ["SeriesInstanceUID", "StudyInstanceUID"]}
     compiled = commons.compile_state(state, None)
     in_memory = store.run(compiled, None)
     assert in_memory.file is None and in_memory.total > 5

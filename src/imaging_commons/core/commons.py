@@ -6,6 +6,7 @@ together, and applies the visibility rule (restricted collections) in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from dataclasses import dataclass
@@ -276,21 +277,29 @@ class Commons:
         the query's first run has no rows to read by the deadline (at once, with a deadline of
         0, for a keyset page, which is read when asked for).
 
-        dicomMetadata, every instance row of a version, is paged by key (keyset.py); the rest,
-        series-level answers, from materialised results."""
+        dicomMetadata and instance-level manifests and queries are paged by key (keyset.py);
+        the rest, series-level answers, from materialised results."""
         compiled = self.compile_state(state, user)
-        if state["kind"] == "dicomMetadata":
+        ordered = state["kind"] == "dicomMetadata"
+        if ordered or self.keyset.pages_instances(compiled, state["version"]):
             if state.get("offset") and state.get("after") is None:
                 raise FilterError("This next_page token was made by an earlier release of the "
                                   "server: start the query again")
-            if deadline_s == 0:
+            if deadline_s == 0:  # (never on the event loop: it is read when asked for)
                 raise Pending(compiled.key)
-            return self.keyset.page(compiled, state, state["version"], page_size)
+            page = (self.keyset.ordered_page(compiled, state, state["version"], page_size)
+                    if ordered else self.keyset.top_page(compiled, state, page_size))
+            return dataclasses.replace(page, sql=echoed_sql(compiled))
         result = self.results.run(compiled, deadline_s)
-        sql = result.sql
-        if compiled.params:
-            sql += "\n-- parameters: " + ", ".join(repr(p) for p in compiled.params)
-        return Page(result, state, int(state.get("offset", 0)), page_size, sql)
+        return Page(result, state, int(state.get("offset", 0)), page_size, echoed_sql(compiled))
+
+
+def echoed_sql(compiled: Compiled) -> str:
+    """The SQL of a query as a page tells it (`sql=True`), with its parameters."""
+    sql = compiled.sql()
+    if compiled.params:
+        sql += "\n-- parameters: " + ", ".join(repr(p) for p in compiled.params)
+    return sql
 
 
 __all__ = ["AnyPage", "Commons", "Page", "Pending", "FilterError", "CatalogError", "MANIFEST_SELECTORS"]

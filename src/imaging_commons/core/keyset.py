@@ -16,7 +16,6 @@ and kept.
 from __future__ import annotations
 
 import bisect
-import threading
 from dataclasses import dataclass
 from functools import cmp_to_key
 from pathlib import Path
@@ -34,6 +33,11 @@ GRANULE_ROWS = 8192
 GRANULES_SUFFIX = ".granules.parquet"
 KEPT = 256  # counts, granule indexes and query shapes remembered
 ROW_NUMBER = "file_row_number"
+INSTANCE_KEYS = {"SOPInstanceUID", "crdc_instance_uuid", "gcs_url"}  # one value per instance row
+# Instance-level manifests and queries of a version with more instance rows than this are paged
+# by key; below it, their results are materialised as series-level ones are (the whole IDC
+# catalogue is ~1M rows).
+KEYSET_FROM_ROWS = 2_000_000
 
 
 def granules_file(segment: Path) -> Path:
@@ -75,7 +79,7 @@ class KeysetPage:
     offset: int  # rows before this page
     total: int
     last_key: list | None
-    sql: str
+    sql: str = ""  # (set by Commons.page: the query's SQL as a page echoes it)
 
     complete = True
 
@@ -95,16 +99,19 @@ class KeysetPage:
 
 
 class KeysetPages:
-    """Keyset pages of the queries whose order is ITEM_ORDER over instance rows."""
+    """Keyset pages of instance-level queries."""
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
         self._counts = RecentlyUsed(KEPT)
         self._granules = RecentlyUsed(KEPT)
         self._shapes = RecentlyUsed(KEPT)
-        self._lock = threading.Lock()
+        self._segment_sql = RecentlyUsed(KEPT)
 
-    def page(self, compiled: Compiled, state: dict, version: int, limit: int) -> KeysetPage:
+    def ordered_page(self, compiled: Compiled, state: dict, version: int,
+                     limit: int) -> KeysetPage:
+        """A page of a query over instance rows in ITEM_ORDER (dicomMetadata), read from each
+        ingested segment where the state's key falls and merged."""
         after = state.get("after")
         rows: list[tuple[tuple, bytes]] = []
         manifest = self.catalog.version(version).manifest
@@ -113,40 +120,82 @@ class KeysetPages:
         rows.sort(key=lambda row: _KEY(row[0]))
         rows = rows[:limit]
         return KeysetPage([r[1] for r in rows], state, int(state.get("offset", 0)),
-                          self.total(compiled), list(rows[-1][0]) if rows else None,
-                          compiled.sql())
+                          self.total(compiled, compiled.tree), list(rows[-1][0]) if rows else None)
 
-    def total(self, compiled: Compiled) -> int:
-        """The number of rows of the query, counted once."""
+    def pages_instances(self, compiled: Compiled, version: int) -> bool:
+        """Whether a manifest or query is paged by key: its rows are instances (an output is the
+        SOPInstanceUID, the instance's UUID or URL) of a version whose segments hold more than
+        KEYSET_FROM_ROWS instance rows (fewer are materialised at once, which pages faster),
+        and every output is text (what a key in a page token can carry)."""
+        columns = {c.name for output in compiled.tree.expressions
+                   for c in output.find_all(exp.Column)}
+        return (bool(columns & INSTANCE_KEYS)
+                and self._instance_rows(version) > KEYSET_FROM_ROWS
+                and all(kind == "VARCHAR" for _, kind in self._columns(compiled)))
+
+    def _instance_rows(self, version: int) -> int:
+        """The rows of the version's ingested segments (from their footers: no scan)."""
+        segments = self.catalog.ingested_segments_of(self.catalog.version(version).manifest)
+        return sum(self._granules.get(f"rows {segment}", lambda segment=segment: pq.ParquetFile(
+            self.catalog.segments_dir / segment).metadata.num_rows) for segment in segments)
+
+    def top_page(self, compiled: Compiled, state: dict, limit: int) -> KeysetPage:
+        """A page of an instance-level manifest or query: its first `limit` rows after the
+        state's key, in its order (a top-k over the matching rows, each instance row once)."""
+        names = [name for name, _ in self._columns(compiled)]
+        params = compiled.params * 2
+        outer = exp.select(json_row(self._columns(compiled)).as_(ROW_COLUMN),
+                           *[col(n, "q") for n in names]).from_(
+            _split(compiled).subquery("q"))
+        if state.get("after") is not None:
+            outer = outer.where(_after(names, state["after"], params))
+        outer = outer.order_by(*[exp.Ordered(this=col(n, "q"), nulls_first=False)
+                                 for n in names]).limit(limit)
+        found = self.catalog.connection().execute(outer.sql("duckdb"), params).fetchall()
+        return KeysetPage([row[0][:-1].encode() for row in found], state,
+                          int(state.get("offset", 0)), self.total(compiled, _split(compiled), 2),
+                          list(found[-1][1:]) if found else None)
+
+    def total(self, compiled: Compiled, query: exp.Expression, copies: int = 1) -> int:
+        """The number of rows of `query` (the compiled one, or a form of it holding its
+        placeholders `copies` times), counted once per query."""
         def count() -> int:
-            tree = compiled.tree.copy()
+            tree = query.copy()
             tree.set("order", None)
             sql = exp.select(exp.Count(this=exp.Star())).from_(tree.subquery("q")).sql("duckdb")
-            return self.catalog.connection().execute(sql, compiled.params).fetchone()[0]
+            return self.catalog.connection().execute(sql, compiled.params * copies).fetchone()[0]
 
         return self._counts.get(compiled.key, count)
 
     def _segment_rows(self, compiled: Compiled, version: int, segment: str, after: list | None,
                       limit: int) -> list[tuple[tuple, bytes]]:
-        """The first `limit` rows of the query in one segment after the key `after`."""
-        con = self.catalog.connection()
+        """The first `limit` rows of the query in one segment after the key `after`. Its SQL is
+        made once per query, segment and shape of key (which of its values are NULL): only the
+        parameters change from page to page."""
         relation = self.catalog.segment_relation(version, segment)
+        start = self._start(segment, after)
+        params = list(compiled.params) + ([start] if start else [])
+        after_where = None if after is None else _after(list(ITEM_ORDER), after, params)
+        shape = (compiled.key, relation, bool(start), limit,
+                 None if after is None else tuple(value is None for value in after))
+        sql = self._segment_sql.get(shape, lambda: self._segment_query(
+            compiled, relation, bool(start), after_where, limit))
+        found = self.catalog.connection().execute(sql, params).fetchall()
+        return [(tuple(row[1:]), row[0][:-1].encode()) for row in found]
+
+    def _segment_query(self, compiled: Compiled, relation: str, from_row: bool,
+                       after_where: exp.Expression | None, limit: int) -> str:
         inner = compiled.tree.copy()
         inner.set("order", None)
         inner = inner.from_(exp.to_table(relation, quoted=True), copy=False)
-        start = self._start(segment, after)
-        if start:
-            inner = inner.where(exp.GTE(this=col(ROW_NUMBER),
-                                        expression=exp.Literal.number(start)))
-        params = list(compiled.params)
-        if after is not None:
-            inner = inner.where(_after(list(ITEM_ORDER), after, params))
+        if from_row:
+            inner = inner.where(exp.GTE(this=col(ROW_NUMBER), expression=exp.Placeholder()))
+        if after_where is not None:
+            inner = inner.where(after_where)
         inner.set("limit", exp.Limit(expression=exp.Literal.number(limit)))
-        columns = self._columns(compiled)
-        outer = exp.select(json_row(columns).as_(ROW_COLUMN),
+        outer = exp.select(json_row(self._columns(compiled)).as_(ROW_COLUMN),
                            *[col(k, "q") for k in ITEM_ORDER]).from_(inner.subquery("q"))
-        found = con.execute(outer.sql("duckdb"), params).fetchall()
-        return [(tuple(row[1:]), row[0][:-1].encode()) for row in found]
+        return outer.sql("duckdb")
 
     def _columns(self, compiled: Compiled) -> list[tuple[str, str]]:
         """The query's output names and types, asked of DuckDB once per query shape."""
@@ -197,3 +246,21 @@ def _after(columns: list[str], key: list, params: list) -> exp.Expression:
         equal = exp.EQ(this=column.copy(), expression=exp.Placeholder())
     rest = _after(columns[1:], key[1:], params)
     return exp.or_(greater, exp.and_(equal, rest))
+
+
+def _split(compiled: Compiled) -> exp.Union:
+    """An instance-level query without its order, in two parts: its instance rows, which need
+    no DISTINCT (one row per instance, and an output singles it out: a DISTINCT would hash every
+    matching row), and its other rows (series of the IDC import), distinct. The parts cannot
+    share a row (the instance's key is null in the other). Its placeholders come twice."""
+    level = col("level")
+    instances = compiled.tree.copy()
+    instances.set("order", None)
+    instances.set("distinct", None)
+    instances = instances.where(exp.EQ(this=level, expression=exp.Literal.string("instance")))
+    others = compiled.tree.copy()
+    others.set("order", None)
+    others = others.where(exp.or_(
+        exp.NEQ(this=level.copy(), expression=exp.Literal.string("instance")),
+        exp.Is(this=level.copy(), expression=exp.Null())))
+    return exp.union(instances, others, distinct=False)
