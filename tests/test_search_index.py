@@ -114,9 +114,9 @@ def test_builds_at_once_make_one_index(unindexed, monkeypatch):
     writes = []
     write = search_module._write_index
 
-    def counted_write(catalog, version, folder):
+    def counted_write(catalog, version, folder, since=None):
         writes.append(version)
-        write(catalog, version, folder)
+        write(catalog, version, folder, since)
 
     monkeypatch.setattr(search_module, "_write_index", counted_write)
     catalogs = [Commons(Archive(unindexed.root)).catalog for _ in range(3)]
@@ -148,8 +148,8 @@ def test_a_build_that_loses_the_race_keeps_the_index_in_place(unindexed, monkeyp
     folder = index_dir(catalog, 1)
     write = search_module._write_index
 
-    def other_host_finishes_first(catalog, version, tmp):
-        write(catalog, version, tmp)
+    def other_host_finishes_first(catalog, version, tmp, since=None):
+        write(catalog, version, tmp, since)
         shutil.copytree(tmp, folder)
         (folder / "from-the-other-host").touch()
 
@@ -212,3 +212,51 @@ def test_series_stream_in_series_order(demo):
             for row in batch]
     assert len(keys) > 1_000_000
     assert keys == sorted(keys)
+
+
+# ----- built from the previous version's index ------------------------------------------------
+def index_tables(catalog, folder: Path) -> dict[str, list]:
+    """Every table of an index folder: `series` in its stored order, the others sorted."""
+    con = catalog.connection()
+    out = {}
+    for name in sorted(INDEX_FILES):
+        order = "" if name == "series.parquet" else " ORDER BY ALL"
+        out[name] = con.execute(f"SELECT * FROM read_parquet('{folder / name}'){order}").fetchall()
+    return out
+
+
+def test_an_index_built_from_the_previous_one_is_the_index_built_whole(tmp_path):
+    """Publish builds each version's index from the previous one's, working out only the
+    collections the version changed: new ones, one that instances moved out of and into, one
+    whose facts alone changed (its name), and a publish of clinical data only. Each is the same,
+    table by table and row by row, as an index built from all of the version's item rows."""
+    from test_segments import sample_batches
+    from imaging_commons.core.ingest import ingest, publish, stage_clinical
+
+    archive = Archive(tmp_path / "archive", compact_every_s=0)
+    catalog = Commons(archive).catalog
+    batches = sample_batches(3)
+    ingest(catalog, batches[0], "first")
+    ingest(catalog, batches[1], "second")
+    publish(catalog)
+    ingest(catalog, batches[2], "third")
+    publish(catalog)
+    ingest(catalog, batches[0][:5], "third")  # five instances move from "first"
+    publish(catalog)
+    ingest(catalog, batches[1][:1], "second", metadata={"collection_name": "Two"})
+    publish(catalog)
+    clinical = tmp_path / "clinical.csv"
+    clinical.write_text("PatientID,age\nx,3\n")
+    stage_clinical(catalog, clinical, "first", "trial")
+    last = publish(catalog)
+    assert last == 5
+    names = {}
+    for version in range(1, last + 1):
+        whole = tmp_path / f"whole-v{version}"
+        whole.mkdir()
+        search_module._write_index(catalog, version, whole)
+        assert index_tables(catalog, index_dir(catalog, version)) == index_tables(catalog, whole)
+        names[version] = {r[0]: r[1] for r in catalog.connection().execute(
+            f"SELECT collection_id, collection FROM read_parquet('{whole / 'series.parquet'}')"
+        ).fetchall()}
+    assert names[3]["second"] == "second" and names[4]["second"] == "Two"

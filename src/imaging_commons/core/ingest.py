@@ -56,7 +56,7 @@ from .catalog import (
 from .dicom_rows import NotDicom, instance_row, read_header, warm_up
 from .keyset import write_granules
 from .schema import SQL_TYPES
-from .search import build_search_index
+from .search import IndexChange, build_search_index
 
 # Namespace of the archive's UUIDs: a UID (and, for instances, the content hash) always maps to
 # the same UUID, which is what makes re-ingest idempotent.
@@ -775,7 +775,9 @@ def publish(catalog: Catalog, date_active: str | None = None) -> int:
         "analysis_results") else []
     published = catalog.publish_version(manifest, number=number)
     catalog.clear_stage()
-    build_search_index(catalog, published)
+    build_search_index(catalog, published, IndexChange(previous_number, frozenset(
+        touched["collection_id"] | set(stage.get("collections", {})))) if previous_number
+        else None)
     return published
 
 
