@@ -144,13 +144,14 @@ class KeysetPages:
         state's key, in its order (a top-k over the matching rows, each instance row once)."""
         names = [name for name, _ in self._columns(compiled)]
         params = compiled.params * 2
-        outer = exp.select(json_row(self._columns(compiled)).as_(ROW_COLUMN),
-                           *[col(n, "q") for n in names]).from_(
-            _split(compiled).subquery("q"))
+        top = exp.select(*[col(n, "q") for n in names]).from_(_split(compiled).subquery("q"))
         if state.get("after") is not None:
-            outer = outer.where(_after(names, state["after"], params))
-        outer = outer.order_by(*[exp.Ordered(this=col(n, "q"), nulls_first=False)
-                                 for n in names]).limit(limit)
+            top = top.where(_after(names, state["after"], params))
+        top = top.order_by(*[exp.Ordered(this=col(n, "q"), nulls_first=False)
+                             for n in names]).limit(limit)
+        # rendered once picked (DuckDB would render every matching row before its sort)
+        outer = exp.select(json_row(self._columns(compiled)).as_(ROW_COLUMN),
+                           *[col(n, "q") for n in names]).from_(top.subquery("q"))
         found = self.catalog.connection().execute(outer.sql("duckdb"), params).fetchall()
         return KeysetPage([row[0][:-1].encode() for row in found], state,
                           int(state.get("offset", 0)), self.total(compiled, _split(compiled), 2),
