@@ -5,7 +5,7 @@ deep), NBIA whole-collection and whole-series lists, and an ingest + publish of 
 DICOM files onto it as a ratio to the same into an empty archive (both measured in this run).
 
     .venv/bin/python bench/bench_scale.py [--instances 58800000] [--batch 10000000]
-        [--archive PATH] [--deep-budget 300] [--idc-rest-mcp PATH]
+        [--archive PATH] [--deep-budget 300]
 
 The archive: the real IDC catalogue imported (`import_idc`), then each real v25 series, in
 idc_index.parquet's order until N instances are reached (the last one cut short), fanned out
@@ -25,9 +25,6 @@ With --archive PATH the archive is built there, or reused when it is there alrea
 bench_scale.json, says what was built; an interrupted build resumes at its next batch), so a
 58.8M build is done once. Without it, a temporary archive is built and removed. The ingest
 measurement adds one version (collection `bench`, 1,000 instances) to the archive each run.
-With --idc-rest-mcp PATH (a checkout of ImagingDataCommons/IDC-REST-MCP, with its dependencies
-installed in PATH/.venv or in this interpreter) the series-level first pages of
-bench_idc_api.py's five filter sets are also asked of IDC's own current server, beside ours.
 """
 
 from __future__ import annotations
@@ -383,9 +380,8 @@ def manifest_first(pager: Pager, filters: dict, fields: list[str]) -> dict:
 
 
 def measure_server(archive: Path, port: int, known: dict, budget_s: float,
-                   log: Path) -> dict:
-    """Every HTTP figure; returns our series-level first pages of bench_idc_api's filter sets
-    ({index: (seconds, totalFound)}) for the comparison with IDC-REST-MCP."""
+                   log: Path) -> None:
+    """Every HTTP figure."""
     from bench_idc_api import FILTER_SETS
     from imaging_commons.core.commons import Commons
 
@@ -476,11 +472,9 @@ def measure_server(archive: Path, port: int, known: dict, budget_s: float,
 
         print("\nseries-level first pages of bench_idc_api.py's filter sets (ours, "
               "over this archive):")
-        ours = {}
         for i, (filters, fields) in enumerate(FILTER_SETS):
             print(f"  S{i + 1}: {json.dumps(filters)} {'+'.join(fields)}")
             first = manifest_first(manifests, filters, fields)
-            ours[i] = (first["seconds"], first["total"])
             figure(f"ours S{i + 1} first page", f"{ms(first['seconds'])}, "
                                                f"totalFound {first['total']:,}")
 
@@ -488,7 +482,6 @@ def measure_server(archive: Path, port: int, known: dict, budget_s: float,
         print()
         figure("server RSS after the measurements", mb(after["VmRSS"]))
         figure("server peak RSS over the run", mb(after["VmHWM"]))
-    return ours
 
 
 # ----- ingest onto the archive vs into an empty one ---------------------------------------------
@@ -563,82 +556,6 @@ def measure_ingest(archive: Path, scratch: Path, count: int) -> None:
     figure("ingest+publish ratio, SYNTHETIC / empty", f"{big[0] / empty_s:.2f}")
 
 
-# ----- IDC's own server -------------------------------------------------------------------------
-def idc_rest_mcp(checkout: Path | None, port: int, ours: dict) -> None:
-    """bench_idc_api.py's five filter sets' first pages (series-level, page_size 1000) asked of
-    IDC-REST-MCP (POST /v3/cohort/manifest), beside ours."""
-    print("\nIDC-REST-MCP (IDC's own current server), series-level first pages:")
-    if checkout is None:
-        print("  skipped: no --idc-rest-mcp PATH (a checkout of ImagingDataCommons/IDC-REST-MCP "
-              "with its dependencies installed) was given")
-        return
-    import duckdb
-    from bench_idc_api import FILTER_SETS
-    from imaging_commons.core.catalog import normalise_collection_id
-
-    checkout = checkout.resolve()
-    python = checkout / ".venv" / "bin" / "python"
-    python = python if python.exists() else Path(sys.executable)
-    index = index_dir() / "idc_index.parquet"
-    ids = [r[0] for r in duckdb.connect().execute(
-        f"SELECT DISTINCT collection_id FROM read_parquet('{index}') ORDER BY 1").fetchall()]
-
-    def terms(filters: dict) -> dict:
-        """Their filters match values exactly (IN): collection ids normalised, a LIKE pattern
-        spelled out as the collections it matches."""
-        out = {}
-        for key, values in filters.items():
-            if key == "collection_id":
-                values = [c for v in values for c in (
-                    [i for i in ids if re.fullmatch(
-                        re.escape(v.lower()).replace("%", ".*"), i)] if "%" in v
-                    else [normalise_collection_id(v)])]
-            out[key] = values
-        return out
-
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(checkout / "src"), "IDC_API_PORT": str(port),
-           "IDC_API_HOST": "127.0.0.1", "IDC_API_INCLUDE_INDICES": "none"}
-    start = time.perf_counter()
-    err = tempfile.TemporaryFile()
-    proc = subprocess.Popen([str(python), "-m", "uvicorn", "idc_api.rest.app:app", "--host",
-                             "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                            cwd=checkout, env=env, stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        while True:
-            if proc.poll() is not None or time.perf_counter() - start > 1800:
-                err.seek(0)
-                said = err.read().decode(errors="replace").strip().splitlines()[-3:]
-                what = "exited" if proc.poll() is not None else "did not answer"
-                print(f"  skipped: IDC-REST-MCP {what} (run by {python}):\n    "
-                      + "\n    ".join(said))
-                return
-            try:
-                if requests.get(base + "/v3/health", timeout=60).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.1)
-        figure("IDC-REST-MCP start to first answer", f"{time.perf_counter() - start:.1f} s")
-        session = requests.Session()
-        for i, (filters, fields) in enumerate(FILTER_SETS):
-            body = {"filters": {"terms": terms(filters)}, "page": 0, "page_size": PAGE}
-            t0 = time.perf_counter()
-            r = session.post(base + "/v3/cohort/manifest", json=body, timeout=3600)
-            took = time.perf_counter() - t0
-            if r.status_code != 200:
-                figure(f"IDC-REST-MCP S{i + 1} first page", f"{r.status_code} {r.text[:200]}")
-                continue
-            total = r.json().get("total_series")
-            our_s, our_total = ours[i]
-            figure(f"IDC-REST-MCP S{i + 1} first page",
-                   f"{ms(took)}, {total:,} series (ours {ms(our_s)}, totalFound "
-                   f"{our_total:,}, ratio ours/theirs {our_s / took:.2f})")
-    finally:
-        stop(proc)
-        err.close()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--instances", type=int, default=IDC_INSTANCES,
@@ -650,7 +567,6 @@ def main() -> int:
     ap.add_argument("--deep-budget", type=float, default=300.0,
                     help="seconds a walk by tokens to a deep page may take")
     ap.add_argument("--ingest-files", type=int, default=INGEST_FILES)
-    ap.add_argument("--idc-rest-mcp", type=Path, help="a checkout of IDC-REST-MCP")
     args = ap.parse_args()
     if args.instances < 1 or args.batch < 1:
         raise SystemExit("--instances and --batch must be positive")
@@ -684,10 +600,8 @@ def main() -> int:
               f"({known['in_collection']:,} instances), commonest modality "
               f"{known['modality']} ({known['in_modality']:,}), largest series "
               f"{known['in_series']:,} instances, {known['collections']} collection(s)")
-        ours = measure_server(archive, args.port, known, args.deep_budget,
-                              scratch / "server.log")
+        measure_server(archive, args.port, known, args.deep_budget, scratch / "server.log")
         measure_ingest(archive, scratch, args.ingest_files)
-        idc_rest_mcp(args.idc_rest_mcp, args.port + 1, ours)
     width = max(len(w) for w, _ in FIGURES)
     print(f"\nfigures ({n:,} SYNTHETIC instances):")
     for what, value in FIGURES:
