@@ -327,6 +327,7 @@ def test_instance_manifest_pages_put_together_are_the_unpaged_rows(demo_archive_
     over IDC series rows (NULL instance columns, one row for many series: ties) and ingested
     instance rows mixed, with a restricted collection the caller may not see."""
     monkeypatch.setattr(keyset, "KEYSET_FROM_ROWS", 0)
+    monkeypatch.setattr(keyset, "TOP_K_MAX_ROWS", 17)  # page_size 1000 gets pages of 17
     archive = Archive(tmp_path / "archive", compact_every_s=0)
     shutil.copytree(demo_archive_dir, archive.root,
                     ignore=shutil.ignore_patterns("accounts.sqlite*", "tmp", ".nbia-v*.tmp-*"))
@@ -351,5 +352,6 @@ def test_instance_manifest_pages_put_together_are_the_unpaged_rows(demo_archive_
             assert isinstance(page, keyset.KeysetPage)
             total = page.total
             rows += orjson.loads(b"".join(page.rows_json()))
+            assert page.returned == min(size, 17, len(expected) - page.offset)
             page_state = page.next_state
         assert rows == expected and total == len(expected), size

@@ -38,6 +38,10 @@ INSTANCE_KEYS = {"SOPInstanceUID", "crdc_instance_uuid", "gcs_url"}  # one value
 # by key; below it, their results are materialised as series-level ones are (the whole IDC
 # catalogue is ~1M rows).
 KEYSET_FROM_ROWS = 2_000_000
+# The most rows of one top-k page, whatever page_size asks (the page's next_page goes on): for
+# more, DuckDB sorts every matching row instead of keeping the best ones, and a sort of tens of
+# millions of UIDs and URLs outgrows the engine's memory.
+TOP_K_MAX_ROWS = 65_536
 
 
 def granules_file(segment: Path) -> Path:
@@ -148,7 +152,7 @@ class KeysetPages:
         if state.get("after") is not None:
             top = top.where(_after(names, state["after"], params))
         top = top.order_by(*[exp.Ordered(this=col(n, "q"), nulls_first=False)
-                             for n in names]).limit(limit)
+                             for n in names]).limit(min(limit, TOP_K_MAX_ROWS))
         # rendered once picked (DuckDB would render every matching row before its sort)
         outer = exp.select(json_row(self._columns(compiled)).as_(ROW_COLUMN),
                            *[col(n, "q") for n in names]).from_(top.subquery("q"))
