@@ -38,10 +38,11 @@ INSTANCE_KEYS = {"SOPInstanceUID", "crdc_instance_uuid", "gcs_url"}  # one value
 # by key; below it, their results are materialised as series-level ones are (the whole IDC
 # catalogue is ~1M rows).
 KEYSET_FROM_ROWS = 2_000_000
-# The most rows of one top-k page, whatever page_size asks (the page's next_page goes on): for
-# more, DuckDB sorts every matching row instead of keeping the best ones, and a sort of tens of
-# millions of UIDs and URLs outgrows the engine's memory.
-TOP_K_MAX_ROWS = 65_536
+# The most rows of one top-k page, whatever page_size asks (the page's next_page goes on). For
+# more, DuckDB either sorts every matching row instead of keeping the best ones, or its top-N
+# heap of long strings grows past the engine's memory: at 58.8M instances a 65,536-row page of
+# 21M matching UIDs and URLs ran out of 2 GB, and a 16,384-row one peaked at ~540 MB.
+TOP_K_MAX_ROWS = 16_384
 
 
 def granules_file(segment: Path) -> Path:
