@@ -355,3 +355,22 @@ def test_instance_manifest_pages_put_together_are_the_unpaged_rows(demo_archive_
             assert page.returned == min(size, 17, len(expected) - page.offset)
             page_state = page.next_state
         assert rows == expected and total == len(expected), size
+
+
+def test_a_manifest_of_urls_is_paged_by_key_only_where_instances_match(demo_archive_dir,
+                                                                       monkeypatch):
+    """GCS_URL names an instance in instance rows and a series in IDC's series rows: a
+    manifest of URLs matching series alone is materialised, as series-level answers are."""
+    monkeypatch.setattr(keyset, "KEYSET_FROM_ROWS", 0)
+    commons = Commons(Archive(demo_archive_dir, compact_every_s=0))
+    version = commons.catalog.active_version()
+
+    def paged_by_key(collection: str) -> bool:
+        state = {"kind": "manifest", "version": version, "fields": ["GCS_URL"], "offset": 0,
+                 "filters": {"collection_id": [collection]}}
+        page = commons.page(state, None, 10, None)
+        assert page.total > 0
+        return isinstance(page, keyset.KeysetPage)
+
+    assert not paged_by_key("RIDER Breast MRI")
+    assert paged_by_key("pydicom_samples")

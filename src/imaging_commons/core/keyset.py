@@ -34,6 +34,7 @@ GRANULES_SUFFIX = ".granules.parquet"
 KEPT = 256  # counts, granule indexes and query shapes remembered
 ROW_NUMBER = "file_row_number"
 INSTANCE_KEYS = {"SOPInstanceUID", "crdc_instance_uuid", "gcs_url"}  # one value per instance row
+INSTANCE_ONLY = {"SOPInstanceUID", "crdc_instance_uuid"}  # (NULL in series-level rows)
 # Instance-level manifests and queries of a version with more instance rows than this are paged
 # by key; below it, their results are materialised as series-level ones are (the whole IDC
 # catalogue is ~1M rows).
@@ -134,9 +135,19 @@ class KeysetPages:
         and every output is text (what a key in a page token can carry)."""
         columns = {c.name for output in compiled.tree.expressions
                    for c in output.find_all(exp.Column)}
-        return (bool(columns & INSTANCE_KEYS)
-                and self._instance_rows(version) > KEYSET_FROM_ROWS
-                and all(kind == "VARCHAR" for _, kind in self._columns(compiled)))
+        if not (columns & INSTANCE_KEYS and self._instance_rows(version) > KEYSET_FROM_ROWS
+                and all(kind == "VARCHAR" for _, kind in self._columns(compiled))):
+            return False
+        return bool(columns & INSTANCE_ONLY) or self._matches_instances(compiled)
+
+    def _matches_instances(self, compiled: Compiled) -> bool:
+        """Whether any instance row matches (a query of URLs may match series-level rows
+        alone, which materialise faster), asked once per query."""
+        def ask() -> bool:
+            sql = exp.select(exp.Exists(this=_instance_rows(compiled))).sql("duckdb")
+            return self.catalog.connection().execute(sql, compiled.params).fetchone()[0]
+
+        return self._counts.get(f"instances {compiled.key}", ask)
 
     def _instance_rows(self, version: int) -> int:
         """The rows of the version's ingested segments (from their footers: no scan)."""
@@ -260,13 +271,17 @@ def _split(compiled: Compiled) -> exp.Union:
     matching row), and its other rows (series of the IDC import), distinct. The parts cannot
     share a row (the instance's key is null in the other). Its placeholders come twice."""
     level = col("level")
-    instances = compiled.tree.copy()
-    instances.set("order", None)
-    instances.set("distinct", None)
-    instances = instances.where(exp.EQ(this=level, expression=exp.Literal.string("instance")))
     others = compiled.tree.copy()
     others.set("order", None)
     others = others.where(exp.or_(
-        exp.NEQ(this=level.copy(), expression=exp.Literal.string("instance")),
+        exp.NEQ(this=level, expression=exp.Literal.string("instance")),
         exp.Is(this=level.copy(), expression=exp.Null())))
-    return exp.union(instances, others, distinct=False)
+    return exp.union(_instance_rows(compiled), others, distinct=False)
+
+
+def _instance_rows(compiled: Compiled) -> exp.Select:
+    """The instance rows of a query, without its order and its DISTINCT."""
+    instances = compiled.tree.copy()
+    instances.set("order", None)
+    instances.set("distinct", None)
+    return instances.where(exp.EQ(this=col("level"), expression=exp.Literal.string("instance")))

@@ -166,9 +166,13 @@ def _condition(key: str, attr: Attribute, op: str | None, values: list, column: 
             if isinstance(v, (dict, list)):
                 raise FilterError(f"Filter {key}: values must be strings or numbers")
         strings = [str(v) for v in rest]
-        if attr.name == "collection_id":
-            strings = [normalise_collection_id(s) for s in strings]
         text = exp.Lower(this=exp.cast(column.copy(), "VARCHAR"))
+        if attr.name == "collection_id":
+            # stored normalised (lower case): compared as they are, the values let DuckDB skip
+            # the row groups of other collections by their statistics (segments are sorted by
+            # collection), which lower() hides from it
+            strings = [normalise_collection_id(s) for s in strings]
+            text = column.copy()
         if len(strings) == 1 and "%" in strings[0]:
             terms.append(exp.Like(this=text, expression=params.add(strings[0].lower())))
         elif strings:
