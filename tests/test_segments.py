@@ -274,6 +274,7 @@ def test_keyset_pages_put_together_are_the_unpaged_rows(tmp_path, monkeypatch):
     """Over several segments, moved instances, a restricted collection and NULLs in the order
     columns; granules of 4 rows, so that pages start inside segments."""
     monkeypatch.setattr(keyset, "GRANULE_ROWS", 4)
+    monkeypatch.setattr(keyset, "PAGE_MAX_ROWS", 50)  # page_size 1000 gets pages of 50
     archive = Archive(tmp_path / "archive", compact_every_s=0)
     catalog = Commons(archive).catalog
     batches = sample_batches(3)
@@ -287,6 +288,7 @@ def test_keyset_pages_put_together_are_the_unpaged_rows(tmp_path, monkeypatch):
     commons = Commons(Archive(archive.root))
     expected = {v: unpaged(commons, v) for v in (1, 2, 3)}
     assert any(row["PatientID"] is None for row in expected[3])  # NULLs in the order
+    assert len(expected[3]) > 50
     assert not any(row["collection_id"] == "secret" for row in expected[3])
     for version in (1, 2, 3):
         for size in (2, 7, 1000):
@@ -306,6 +308,7 @@ def dicom_metadata_pages_from(commons: Commons, state: dict | None, page_size: i
     while state is not None:
         page = commons.page(state, None, page_size, None)
         rows += orjson.loads(b"".join(page.rows_json()))
+        assert page.returned == min(page_size, keyset.PAGE_MAX_ROWS, page.total - page.offset)
         state = page.next_state
     return rows
 
@@ -327,7 +330,7 @@ def test_instance_manifest_pages_put_together_are_the_unpaged_rows(demo_archive_
     over IDC series rows (NULL instance columns, one row for many series: ties) and ingested
     instance rows mixed, with a restricted collection the caller may not see."""
     monkeypatch.setattr(keyset, "KEYSET_FROM_ROWS", 0)
-    monkeypatch.setattr(keyset, "TOP_K_MAX_ROWS", 17)  # page_size 1000 gets pages of 17
+    monkeypatch.setattr(keyset, "PAGE_MAX_ROWS", 17)  # page_size 1000 gets pages of 17
     archive = Archive(tmp_path / "archive", compact_every_s=0)
     shutil.copytree(demo_archive_dir, archive.root,
                     ignore=shutil.ignore_patterns("accounts.sqlite*", "tmp", ".nbia-v*.tmp-*"))

@@ -39,11 +39,13 @@ INSTANCE_ONLY = {"SOPInstanceUID", "crdc_instance_uuid"}  # (NULL in series-leve
 # by key; below it, their results are materialised as series-level ones are (the whole IDC
 # catalogue is ~1M rows).
 KEYSET_FROM_ROWS = 2_000_000
-# The most rows of one top-k page, whatever page_size asks (the page's next_page goes on). For
-# more, DuckDB either sorts every matching row instead of keeping the best ones, or its top-N
-# heap of long strings grows past the engine's memory: at 58.8M instances a 65,536-row page of
-# 21M matching UIDs and URLs ran out of 2 GB, and a 16,384-row one peaked at ~540 MB.
-TOP_K_MAX_ROWS = 16_384
+# The most rows of one page by key, whatever page_size asks (the page's next_page goes on).
+# A top-k page of more makes DuckDB either sort every matching row instead of keeping the best
+# ones, or grow its top-N heap of long strings past the engine's memory: at 58.8M instances a
+# 65,536-row page of 21M matching UIDs and URLs ran out of 2 GB, a 16,384-row one peaked at
+# ~540 MB. A dicomMetadata page reads up to this many rows (~2 KB of JSON each) from each
+# segment before it merges them.
+PAGE_MAX_ROWS = 16_384
 
 
 def granules_file(segment: Path) -> Path:
@@ -119,6 +121,7 @@ class KeysetPages:
         """A page of a query over instance rows in ITEM_ORDER (dicomMetadata), read from each
         ingested segment where the state's key falls and merged."""
         after = state.get("after")
+        limit = min(limit, PAGE_MAX_ROWS)
         rows: list[tuple[tuple, bytes]] = []
         manifest = self.catalog.version(version).manifest
         for segment in self.catalog.ingested_segments_of(manifest):
@@ -164,7 +167,7 @@ class KeysetPages:
         if state.get("after") is not None:
             top = top.where(_after(names, state["after"], params))
         top = top.order_by(*[exp.Ordered(this=col(n, "q"), nulls_first=False)
-                             for n in names]).limit(min(limit, TOP_K_MAX_ROWS))
+                             for n in names]).limit(min(limit, PAGE_MAX_ROWS))
         # rendered once picked (DuckDB would render every matching row before its sort)
         outer = exp.select(json_row(self._columns(compiled)).as_(ROW_COLUMN),
                            *[col(n, "q") for n in names]).from_(top.subquery("q"))
