@@ -278,10 +278,15 @@ class Commons:
         0, for a keyset page, which is read when asked for).
 
         dicomMetadata and instance-level manifests and queries are paged by key (keyset.py);
-        the rest, series-level answers, from materialised results."""
+        the rest, series-level answers, from materialised results. Which one a manifest or
+        query is, is worked out for its first page; a later page's state tells it (a key, or
+        an offset alone), so a next page, which may be served on the event loop, asks nothing
+        of the engine to know it."""
         compiled = self.compile_state(state, user)
         ordered = state["kind"] == "dicomMetadata"
-        if ordered or self.keyset.pages_instances(compiled, state["version"]):
+        if ordered or "after" in state or (
+                not state.get("offset") and self.keyset.pages_instances(compiled,
+                                                                        state["version"])):
             if state.get("offset") and state.get("after") is None:
                 raise FilterError("This next_page token was made by an earlier release of the "
                                   "server: start the query again")
