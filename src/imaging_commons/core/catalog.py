@@ -146,11 +146,21 @@ def write_json_atomic(path: Path, data) -> None:
     The folder is synced too, so the rename itself survives a power cut."""
     with _written_aside(path) as tmp:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    folder = os.open(path.parent, os.O_RDONLY)
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make the names in a folder (its files, a rename into it) survive a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(folder)
+        os.fsync(fd)
     finally:
-        os.close(folder)
+        os.close(fd)
+
+
+def parquet_scan(path: Path, extra: str = "") -> str:
+    """DuckDB's read of one Parquet file, its path quoted as a SQL string."""
+    return "read_parquet('" + str(path).replace("'", "''") + f"'{extra})"
 
 
 def copy_to_parquet(con: duckdb.DuckDBPyConnection, select_sql: str, path: Path,
@@ -329,8 +339,8 @@ class Catalog:
     def segment_sql(self, file_name: str, row_numbers: bool = False) -> str:
         """A segment's rows; with `row_numbers`, each row's place in the file as
         `file_row_number` too (a filter on it skips the row groups before)."""
-        extra = ", file_row_number = true" if row_numbers else ""
-        return f"read_parquet('{self.segments_dir / file_name}'{extra})"
+        return parquet_scan(self.segments_dir / file_name,
+                            ", file_row_number = true" if row_numbers else "")
 
     def items_sql(self, manifest: dict, number: int, row_numbers: bool = False) -> str:
         """The item rows of version `number` as made of `manifest`'s files: each segment's rows

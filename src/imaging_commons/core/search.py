@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .accounts import User
-from .catalog import (Catalog, CatalogError, copy_to_parquet, normalise_collection_id, stable_pk,
-                      stable_pk_sql)
+from .catalog import (Catalog, CatalogError, copy_to_parquet, normalise_collection_id,
+                      parquet_scan, stable_pk, stable_pk_sql, sync_folder)
 
 # Species codes as NBIA sends them (SNOMED CT), by the catalogue's species names.
 SPECIES_CODES: Mapping[str, tuple[str, str]] = {
@@ -411,14 +411,14 @@ def build_search_index(catalog: Catalog, version: int,
             if change is not None and index_dir(catalog, change.previous).is_dir():
                 since = (index_dir(catalog, change.previous), sorted(change.collections))
             _write_index(catalog, version, tmp, since)
-            _sync_folder(tmp)
+            sync_folder(tmp)
             try:
                 os.rename(tmp, folder)
             except OSError:
                 if not folder.is_dir():
                     raise
                 shutil.rmtree(tmp)
-            _sync_folder(folder.parent)
+            sync_folder(folder.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -491,10 +491,10 @@ def _write_index(catalog: Catalog, version: int, folder: Path,
     if since is not None:
         kept = "WHERE NOT list_contains(?, collection_id)"
         rows = (f"SELECT * EXCLUDE (patient_no) FROM "
-                f"{_parquet_scan(since[0] / 'series.parquet')} {kept} "
+                f"{parquet_scan(since[0] / 'series.parquet')} {kept} "
                 f"UNION ALL BY NAME SELECT * FROM f")
         keys = (f"SELECT PatientID, collection, collection_id FROM "
-                f"{_parquet_scan(since[0] / 'patients.parquet')} {kept} UNION ALL {keys}")
+                f"{parquet_scan(since[0] / 'patients.parquet')} {kept} UNION ALL {keys}")
         params = since[1] * 2 + [since[1], since[1]]
     copy_to_parquet(con, f"""
         WITH f AS ({fresh}),
@@ -506,7 +506,7 @@ def _write_index(catalog: Catalog, version: int, folder: Path,
         FROM s JOIN p ON p.PatientID IS NOT DISTINCT FROM s.PatientID
                      AND p.collection = s.collection AND p.collection_id = s.collection_id
         ORDER BY {SERIES_ORDER}""", folder / "series.parquet", params)
-    series = _parquet_scan(folder / "series.parquet")
+    series = parquet_scan(folder / "series.parquet")
     copy_to_parquet(con, f"SELECT {', '.join(ROLLUP_COLUMNS)}, count(*) AS series "
                          f"FROM {series} GROUP BY ALL", folder / "rollup.parquet")
     copy_to_parquet(con, f"""
@@ -529,7 +529,7 @@ def _write_index(catalog: Catalog, version: int, folder: Path,
     params = []
     if since is not None:
         item_species += (f" UNION ALL SELECT collection_id, species FROM "
-                         f"{_parquet_scan(since[0] / 'collections.parquet')} "
+                         f"{parquet_scan(since[0] / 'collections.parquet')} "
                          f"WHERE NOT list_contains(?, collection_id)")
         params = since[1] + [since[1]]
     copy_to_parquet(con, f"""
@@ -548,19 +548,6 @@ def _build_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make the names in a folder (its files, a rename into it) survive a power cut."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _parquet_scan(path: Path) -> str:
-    return "read_parquet('" + str(path).replace("'", "''") + "')"
 
 
 class CatalogSearch:
@@ -599,9 +586,9 @@ class CatalogSearch:
         names = [f"nbia_{table}_v{version}" for table in INDEX_TABLES]
         for name, table in zip(names, INDEX_TABLES):
             con.execute(f"CREATE OR REPLACE VIEW {name} AS "
-                        f"SELECT * FROM {_parquet_scan(folder / f'{table}.parquet')}")
+                        f"SELECT * FROM {parquet_scan(folder / f'{table}.parquet')}")
         rows = con.execute(f"SELECT {', '.join(INDEX_COLLECTION_COLUMNS)} "
-                           f"FROM {_parquet_scan(folder / 'collections.parquet')}").fetchall()
+                           f"FROM {parquet_scan(folder / 'collections.parquet')}").fetchall()
         infos = {}
         for cid, name, species_text, *rest in rows:
             species, phantom = species_of(species_text)
