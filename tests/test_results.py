@@ -137,7 +137,7 @@ def test_a_page_is_read_while_its_result_is_still_arriving():
     result completes; together they are the page the complete result gives."""
     rows = [{"i": i} for i in range(7)]
     batches = [_rows_batch(rows[a:b]) for a, b in ((0, 3), (3, 5), (5, 7))]
-    result = Result("key", "SELECT 1")
+    result = Result("key")
     assert not result.started(0)
     page = result.json_page(1, 5)
     result.add(batches[0])
@@ -160,7 +160,7 @@ def test_a_page_is_read_while_its_result_is_still_arriving():
 
 
 def test_readers_of_a_failed_result_get_its_error():
-    result = Result("key", "SELECT 1")
+    result = Result("key")
     waiting: list[BaseException] = []
 
     def read() -> None:

@@ -129,7 +129,8 @@ class KeysetPages:
         rows.sort(key=lambda row: _KEY(row[0]))
         rows = rows[:limit]
         return KeysetPage([r[1] for r in rows], state, int(state.get("offset", 0)),
-                          self.total(compiled, compiled.tree), list(rows[-1][0]) if rows else None)
+                          self.total(compiled.key, compiled.tree, compiled.params),
+                          list(rows[-1][0]) if rows else None)
 
     def pages_instances(self, compiled: Compiled, version: int) -> bool:
         """Whether a manifest or query is paged by key: its rows are instances (an output is the
@@ -161,31 +162,34 @@ class KeysetPages:
     def top_page(self, compiled: Compiled, state: dict, limit: int) -> KeysetPage:
         """A page of an instance-level manifest or query: its first `limit` rows after the
         state's key, in its order (a top-k over the matching rows, each instance row once)."""
-        names = [name for name, _ in self._columns(compiled)]
-        params = compiled.params * 2
-        top = exp.select(*[col(n, "q") for n in names]).from_(_split(compiled).subquery("q"))
+        columns = self._columns(compiled)
+        names = [name for name, _ in columns]
+        split, split_params = _split(compiled), compiled.params * 2
+        params = list(split_params)
+        top = exp.select(*[col(n, "q") for n in names]).from_(split.subquery("q"))
         if state.get("after") is not None:
             top = top.where(_after(names, state["after"], params))
         top = top.order_by(*[exp.Ordered(this=col(n, "q"), nulls_first=False)
                              for n in names]).limit(min(limit, PAGE_MAX_ROWS))
         # rendered once picked (DuckDB would render every matching row before its sort)
-        outer = exp.select(json_row(self._columns(compiled)).as_(ROW_COLUMN),
+        outer = exp.select(json_row(columns).as_(ROW_COLUMN),
                            *[col(n, "q") for n in names]).from_(top.subquery("q"))
         found = self.catalog.connection().execute(outer.sql("duckdb"), params).fetchall()
         return KeysetPage([row[0][:-1].encode() for row in found], state,
-                          int(state.get("offset", 0)), self.total(compiled, _split(compiled), 2),
+                          int(state.get("offset", 0)),
+                          self.total(compiled.key, split, split_params),
                           list(found[-1][1:]) if found else None)
 
-    def total(self, compiled: Compiled, query: exp.Expression, copies: int = 1) -> int:
-        """The number of rows of `query` (the compiled one, or a form of it holding its
-        placeholders `copies` times), counted once per query."""
+    def total(self, key: str, query: exp.Expression, params: list) -> int:
+        """The number of rows of `query` (a form of the query `key` names, with its `params`),
+        counted once per query."""
         def count() -> int:
             tree = query.copy()
             tree.set("order", None)
             sql = exp.select(exp.Count(this=exp.Star())).from_(tree.subquery("q")).sql("duckdb")
-            return self.catalog.connection().execute(sql, compiled.params * copies).fetchone()[0]
+            return self.catalog.connection().execute(sql, params).fetchone()[0]
 
-        return self._counts.get(compiled.key, count)
+        return self._counts.get(key, count)
 
     def _segment_rows(self, compiled: Compiled, version: int, segment: str, after: list | None,
                       limit: int) -> list[tuple[tuple, bytes]]:

@@ -57,9 +57,8 @@ class Result:
     whole result. Once complete, the rows are one table (in memory, or memory-mapped from
     `file` for a result too large for memory) and every page is a slice of it."""
 
-    def __init__(self, key: str, sql: str, table: pa.Table | None = None):
+    def __init__(self, key: str, table: pa.Table | None = None):
         self.key = key
-        self.sql = sql
         self.file: Path | None = None  # set by finish() for a result spilled to a file
         self._table = table
         self._error: BaseException | None = None
@@ -274,7 +273,7 @@ class ResultStore:
         with self._lock:
             result = self._results.get(key)
             if result is None or result.failed:
-                result = Result(key, compiled.sql("duckdb"))
+                result = Result(key)
                 self._pool.submit(self._materialise, result, compiled)
                 self._results[key] = result
             self._results.move_to_end(key)
