@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from imaging_commons.config import Archive
-from imaging_commons.core import search as search_module
+from imaging_commons.core import search_index as index_module
 from imaging_commons.core.commons import Commons
-from imaging_commons.core.search import (INDEX_TABLES, SERIES_ORDER, Criteria, Sort,
-                                         build_search_index, index_dir)
+from imaging_commons.core.search import Criteria, Sort
+from imaging_commons.core.search_index import (INDEX_TABLES, SERIES_ORDER, build_search_index,
+                                               index_dir, read_index)
 
-INDEX_FILES = {f"{table}.parquet" for table in INDEX_TABLES} | {"collections.parquet"}
+INDEX_FILES = {*INDEX_TABLES, "chunks.json", "collections.parquet"}
 
 
 def answers(commons: Commons) -> tuple:
@@ -31,7 +32,8 @@ def answers(commons: Commons) -> tuple:
 
 
 def files_of(folder: Path) -> dict[str, tuple[int, int]]:
-    return {f.name: (f.stat().st_ino, f.stat().st_mtime_ns) for f in folder.iterdir()}
+    return {str(f.relative_to(folder)): (f.stat().st_ino, f.stat().st_mtime_ns)
+            for f in folder.rglob("*")}
 
 
 def leftovers(archive: Archive) -> list[str]:
@@ -41,14 +43,14 @@ def leftovers(archive: Archive) -> list[str]:
 def test_publish_builds_the_index_and_processes_read_it_without_rebuilding(small_archive,
                                                                           monkeypatch):
     """The fixture's publish built version 1's index: no process builds it again."""
-    folder = small_archive.catalog_dir / "indexes" / "nbia-v1"
+    folder = index_dir(Commons(small_archive).catalog, 1)
     assert {f.name for f in folder.iterdir()} == INDEX_FILES
     built = files_of(folder)
 
     def no_rebuild(*args):
         raise AssertionError("the index was built again")
 
-    monkeypatch.setattr(search_module, "_write_index", no_rebuild)
+    monkeypatch.setattr(index_module, "_write_index", no_rebuild)
     first = Commons(small_archive)
     assert index_dir(first.catalog, 1) == folder
     expected = answers(first)
@@ -88,7 +90,7 @@ def test_stale_indexes_drop_only_their_views(small_archive):
 @pytest.fixture
 def unindexed(small_archive) -> Archive:
     """The samples' archive as a publish killed before building its index left it."""
-    shutil.rmtree(small_archive.catalog_dir / "indexes" / "nbia-v1")
+    shutil.rmtree(index_dir(Commons(small_archive).catalog, 1))
     return small_archive
 
 
@@ -104,7 +106,7 @@ def test_a_half_built_index_left_behind_is_ignored_and_removed(unindexed):
     commons = Commons(unindexed)
     page = commons.search.search(commons.search.scope(None), Criteria(), Sort(), 0, 10)
     assert page.total_patients > 0
-    assert {f.name for f in (indexes / "nbia-v1").iterdir()} == INDEX_FILES
+    assert {f.name for f in index_dir(commons.catalog, 1).iterdir()} == INDEX_FILES
     assert leftovers(unindexed) == []
 
 
@@ -112,13 +114,13 @@ def test_builds_at_once_make_one_index(unindexed, monkeypatch):
     """Processes that open a missing index together: one builds, the others wait for it and
     take it (each Commons has its own DuckDB database, as a process would)."""
     writes = []
-    write = search_module._write_index
+    write = index_module._write_index
 
     def counted_write(catalog, version, folder, since=None):
         writes.append(version)
         write(catalog, version, folder, since)
 
-    monkeypatch.setattr(search_module, "_write_index", counted_write)
+    monkeypatch.setattr(index_module, "_write_index", counted_write)
     catalogs = [Commons(Archive(unindexed.root)).catalog for _ in range(3)]
     folders, errors = [], []
     together = threading.Barrier(len(catalogs))
@@ -126,7 +128,7 @@ def test_builds_at_once_make_one_index(unindexed, monkeypatch):
     def build(catalog):
         together.wait()
         try:
-            folders.append(build_search_index(catalog, 1))
+            folders.append(build_search_index(catalog, 1).folder)
         except Exception as e:  # (reported by the assertion below)
             errors.append(e)
 
@@ -146,15 +148,15 @@ def test_a_build_that_loses_the_race_keeps_the_index_in_place(unindexed, monkeyp
     rename fails, and the index already in place is kept."""
     catalog = Commons(unindexed).catalog
     folder = index_dir(catalog, 1)
-    write = search_module._write_index
+    write = index_module._write_index
 
     def other_host_finishes_first(catalog, version, tmp, since=None):
         write(catalog, version, tmp, since)
         shutil.copytree(tmp, folder)
         (folder / "from-the-other-host").touch()
 
-    monkeypatch.setattr(search_module, "_write_index", other_host_finishes_first)
-    assert build_search_index(catalog, 1) == folder
+    monkeypatch.setattr(index_module, "_write_index", other_host_finishes_first)
+    assert build_search_index(catalog, 1).folder == folder
     assert (folder / "from-the-other-host").exists()
     assert leftovers(unindexed) == []
 
@@ -218,21 +220,34 @@ def test_series_stream_in_series_order(demo):
 def index_tables(catalog, folder: Path) -> dict[str, list]:
     """Every table of an index folder: `series` in its stored order, the others sorted."""
     con = catalog.connection()
-    out = {}
-    for name in sorted(INDEX_FILES):
-        order = "" if name == "series.parquet" else " ORDER BY ALL"
-        out[name] = con.execute(f"SELECT * FROM read_parquet('{folder / name}'){order}").fetchall()
+    index = read_index(folder)
+    out = {"collections": con.execute(f"SELECT * FROM read_parquet('{folder}/collections.parquet')"
+                                      f" ORDER BY ALL").fetchall()}
+    for table in INDEX_TABLES:
+        order = "" if table == "series" else " ORDER BY ALL"
+        out[table] = con.execute(f"SELECT * FROM {index.scan(table)}{order}").fetchall()
     return out
 
 
-def test_an_index_built_from_the_previous_one_is_the_index_built_whole(tmp_path):
+def chunk_of(folder: Path) -> dict[str, tuple[str, int]]:
+    """{collection_id: (its chunk, the inode of the chunk's series file)}."""
+    return {cid: (chunk.name, (folder / "series" / f"{chunk.name}.parquet").stat().st_ino)
+            for chunk in read_index(folder).chunks for cid in chunk.collections}
+
+
+@pytest.mark.parametrize("chunk_rows", [index_module.CHUNK_ROWS, 2])
+def test_an_index_built_from_the_previous_one_is_the_index_built_whole(tmp_path, monkeypatch,
+                                                                        chunk_rows):
     """Publish builds each version's index from the previous one's, working out only the
     collections the version changed: new ones, one that instances moved out of and into, one
     whose facts alone changed (its name), and a publish of clinical data only. Each is the same,
-    table by table and row by row, as an index built from all of the version's item rows."""
+    table by table and row by row, as an index built from all of the version's item rows; with
+    chunks of 2 series, each collection is a chunk of its own, and the chunks of collections a
+    publish left alone are the previous index's files."""
     from test_segments import sample_batches
     from imaging_commons.core.ingest import ingest, publish, stage_clinical
 
+    monkeypatch.setattr(index_module, "CHUNK_ROWS", chunk_rows)
     archive = Archive(tmp_path / "archive", compact_every_s=0)
     catalog = Commons(archive).catalog
     batches = sample_batches(3)
@@ -254,9 +269,54 @@ def test_an_index_built_from_the_previous_one_is_the_index_built_whole(tmp_path)
     for version in range(1, last + 1):
         whole = tmp_path / f"whole-v{version}"
         whole.mkdir()
-        search_module._write_index(catalog, version, whole)
+        index_module._write_index(catalog, version, whole)
         assert index_tables(catalog, index_dir(catalog, version)) == index_tables(catalog, whole)
-        names[version] = {r[0]: r[1] for r in catalog.connection().execute(
-            f"SELECT collection_id, collection FROM read_parquet('{whole / 'series.parquet'}')"
-        ).fetchall()}
+        names[version] = dict(catalog.connection().execute(
+            f"SELECT collection_id, collection FROM {read_index(whole).scan('series')}"
+        ).fetchall())
     assert names[3]["second"] == "second" and names[4]["second"] == "Two"
+    if chunk_rows == 2:
+        chunks = {v: chunk_of(index_dir(catalog, v)) for v in range(1, last + 1)}
+        assert len({name for name, _ in chunks[1].values()}) == 2
+        kept = {2: {"first", "second"}, 3: {"second"}, 4: {"first", "third"},
+                5: {"first", "second", "third"}}  # (clinical data changes no series)
+        for version, collections in kept.items():
+            for cid, chunk in chunks[version].items():
+                assert (chunk == chunks[version - 1].get(cid)) == (cid in collections), (
+                    version, cid)
+
+
+def test_chunks_stay_in_order_few_and_kept_where_untouched():
+    """Many publishes, each changing, adding or removing a few collections of random sizes:
+    the chunks hold every collection once, in collection order; a chunk holding no changed
+    collection and no new one in its range is kept; no two neighbours both hold fewer than
+    CHUNK_ROWS / 2 series."""
+    import random
+
+    rng = random.Random(7)
+    limit = index_module.CHUNK_ROWS
+    chunks: tuple = ()
+    sizes: dict[str, int] = {}
+    for _ in range(200):
+        changed = set(rng.sample(sorted(sizes), min(len(sizes), rng.randint(0, 3))))
+        changed |= {f"c{rng.randint(0, 999):03d}" for _ in range(rng.randint(0, 3))}
+        for cid in changed:
+            if cid in sizes and rng.random() < 0.2:
+                del sizes[cid]  # every series moved out
+            else:
+                sizes[cid] = rng.choice([1, 50, limit // 8, limit // 3, 2 * limit])
+        fresh = {cid: sizes[cid] for cid in sorted(changed) if cid in sizes}
+        plan = index_module._plan(chunks, frozenset(changed), fresh)
+        for part in plan:
+            if isinstance(part, index_module.Chunk):
+                assert part in chunks and not changed & part.collections.keys()
+                assert not any(part.first <= cid <= part.last for cid in fresh)
+        chunks = tuple(part if isinstance(part, index_module.Chunk) else index_module.Chunk(
+            f"n{rng.random()}", {cid: n for cid, _, n in part}) for part in plan)
+        listed = [cid for chunk in chunks for cid in chunk.collections]
+        assert listed == sorted(sizes)
+        assert all(chunk.collections == {c: sizes[c] for c in chunk.collections}
+                   for chunk in chunks)
+        assert all(a.rows >= limit // 2 or b.rows >= limit // 2
+                   for a, b in zip(chunks, chunks[1:]))
+    assert len(chunks) <= 4 * sum(sizes.values()) // limit + 1

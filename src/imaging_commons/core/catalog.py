@@ -329,6 +329,10 @@ class Catalog:
                     # sorts and results larger than memory spill here (DuckDB's default is
                     # .tmp in whatever directory the process was started from)
                     "temp_directory": str(self.archive.process_scratch_dir() / "duckdb")})
+                # every Parquet file read is immutable (segments and index chunks are
+                # written under new names), so each one's footer is parsed once, not per
+                # query (a search reads a file per index chunk)
+                self._con.execute("SET parquet_metadata_cache = true")
             return self._con.cursor()
 
     @property

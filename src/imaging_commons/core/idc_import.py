@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .catalog import (ITEM_ORDER, RANKED_KEYS, Catalog, CatalogError, _q, copy_to_parquet,
                       items_select, rank_column)
-from .search import build_search_index
+from .search_index import build_search_index
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ from .catalog import (
 from .dicom_rows import NotDicom, instance_row, read_header, warm_up
 from .keyset import write_granules
 from .schema import SQL_TYPES
-from .search import IndexChange, build_search_index
+from .search_index import IndexChange, build_search_index
 
 # Namespace of the archive's UUIDs: a UID (and, for instances, the content hash) always maps to
 # the same UUID, which is what makes re-ingest idempotent.

@@ -1,16 +1,13 @@
 """NBIA-style metadata search over the active data version.
 
 NBIA thinks in patients -> studies -> series, addresses them by integer keys and counts
-patients. The catalogue holds one row per series (the IDC import) or per instance (ingested
-files), so each version gets an index (see `_write_index`): one row per series with image
-counts and sizes summed over instance rows, a stable integer key per series and a dense
-patient number whose order is the subject sort order; plus a rollup and per-patient and
-per-collection counts that keep the simple search fast over a million series. The index is
-built once per version, on disk, as Parquet files beside the catalogue (`build_search_index`,
-which publish calls), and read through DuckDB views: a server's start-up time and memory do
-not grow with the archive. Every query runs in DuckDB with values passed as `?` parameters.
-Restricted collections the caller may not see are left out of every answer by the `Scope`
-the caller's queries run in.
+patients. Each version's search runs over its index (`search_index`): one row per series with
+image counts and sizes, stable integer keys per series and patient, a rollup and per-patient
+and per-collection counts that keep the simple search fast over a million series, built at
+publish as Parquet files beside the catalogue and read through DuckDB views, so a server's
+start-up time and memory do not grow with the archive. Every query runs in DuckDB with values
+passed as `?` parameters. Restricted collections the caller may not see are left out of every
+answer by the `Scope` the caller's queries run in.
 
 The queries are DuckDB-specific aggregations (materialised CTEs, list aggregates) over the
 index's own tables, which no other store has, so they are written as SQL templates with fixed
@@ -20,21 +17,16 @@ fragments rather than through the portable cohort query layer.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import html
-import os
 import re
-import shutil
 import threading
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .accounts import User
-from .catalog import (Catalog, CatalogError, copy_to_parquet, normalise_collection_id,
-                      parquet_scan, stable_pk, stable_pk_sql, sync_folder)
+from .catalog import Catalog, CatalogError, normalise_collection_id, parquet_scan, stable_pk
+from .search_index import (FACETS, INDEX_COLLECTION_COLUMNS, INDEX_TABLES, ROLLUP_COLUMNS,
+                           SERIES_ORDER, SUBJECT_ORDER, build_search_index)
 
 # Species codes as NBIA sends them (SNOMED CT), by the catalogue's species names.
 SPECIES_CODES: Mapping[str, tuple[str, str]] = {
@@ -46,22 +38,10 @@ SPECIES_CODES: Mapping[str, tuple[str, str]] = {
 PHANTOM = "phantom"
 
 SORT_FIELDS = ("subject", "collection", "studies", "series")
-FACETS = ("Modality", "BodyPartExamined", "Manufacturer")
-# What a simple search filters on, per patient and study: the rollup's grouping columns.
-ROLLUP_COLUMNS = ("patient_no", "study_key", "collection_id", "collection", "PatientID",
-                  "Modality", "BodyPartExamined", "Manufacturer", "ManufacturerModelName",
-                  "StudyDate", "third_party", "commercial_restricted")
 ROW_BATCH = 5000
 # Indexes kept open (their views): the newest version's, and the one before it, which
 # requests that began before a publish may still be reading.
 KEPT_INDEXES = 2
-# The tables of a version's index, each a Parquet file of its folder and a view named
-# nbia_{table}_v{version}; the folder also holds `collections`, read once when it is opened.
-INDEX_TABLES = ("series", "rollup", "patients", "facets")
-# The collection facts a search needs, as the index keeps them (species resolved)
-INDEX_COLLECTION_COLUMNS = ("collection_id", "collection_name", "species", "doi", "description",
-                            "date_updated", "license_short_name", "license_long_name",
-                            "license_url")
 
 # Searchable fields of the text search, in the order a hit is reported from, with the label
 # NBIA prints for them.
@@ -88,16 +68,6 @@ SERIES_COLUMNS = (
     "license_long_name", "license_url", "source_DOI", "analysis_result_id", "image_count",
     "size_bytes", "version_min", "series_pk", "commercial_restricted",
 )
-_DESCRIPTIVE = (
-    "Modality", "BodyPartExamined", "Manufacturer", "ManufacturerModelName",
-    "SeriesDescription", "SeriesNumber", "SeriesDate", "StudyDate", "StudyDescription",
-    "PatientSex", "PatientAge", "EthnicGroup", "SOPClassUID", "license_short_name",
-    "source_DOI", "analysis_result_id",
-)
-
-
-# The order of series in list answers, and of the index table that holds them
-SERIES_ORDER = "collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID"
 
 
 class SearchError(Exception):
@@ -168,7 +138,7 @@ class CollectionInfo:
 @dataclass(frozen=True)
 class VersionIndex:
     """What a data version's queries need: its tables (views over its index, see
-    `_write_index`; the item rows are asked of the catalogue each time, whose views follow
+    `search_index`; the item rows are asked of the catalogue each time, whose views follow
     compactions), its collections and the publication date of every version (a series'
     release date is that of its first one)."""
 
@@ -364,192 +334,6 @@ class _Matched:
         return self.facet_sql.format(column=column)
 
 
-# ----- the index on disk -------------------------------------------------------------------
-def index_dir(catalog: Catalog, version: int) -> Path:
-    """Where a version's index lies: in the catalogue's folder, beside what it is built from."""
-    return catalog.dir / "indexes" / f"nbia-v{version}"
-
-
-@dataclass(frozen=True)
-class IndexChange:
-    """What a version changed of the one before it, for its index to be built from that one's:
-    the collections whose item rows or facts it changed (publish knows them)."""
-
-    previous: int
-    collections: frozenset[str]
-
-
-def build_search_index(catalog: Catalog, version: int,
-                       change: IndexChange | None = None) -> Path:
-    """The folder of a version's index, built first unless it is there already: publish calls
-    this once a version is published, so that no server has to build it at start; a server
-    builds it itself for a version that has none. A published version never changes its rows,
-    so a built index never goes stale. With `change`, and the previous version's index in
-    place, only the changed collections' series are worked out from item rows; the others'
-    are the previous index's (see `_write_index`).
-
-    The index is written in a temporary folder beside its place, synced and renamed into place
-    whole: a crash, or another process, never sees half of one. Builds hold an flock on
-    indexes/build.lock, so a process that finds another one building waits for it and takes
-    its index; and the temporary folders found while holding it are those of builds that
-    died, which are removed. Where the lock does not reach (another host, on a file system
-    whose locks are local), two builds may race: the loser finds the index in place and keeps
-    it."""
-    folder = index_dir(catalog, version)
-    if folder.is_dir():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(folder.parent):
-        if folder.is_dir():
-            return folder  # built by the process this one waited for
-        for leftover in folder.parent.glob(".nbia-v*.tmp-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex}")
-        tmp.mkdir()
-        try:
-            since = None
-            if change is not None and index_dir(catalog, change.previous).is_dir():
-                since = (index_dir(catalog, change.previous), sorted(change.collections))
-            _write_index(catalog, version, tmp, since)
-            sync_folder(tmp)
-            try:
-                os.rename(tmp, folder)
-            except OSError:
-                if not folder.is_dir():
-                    raise
-                shutil.rmtree(tmp)
-            sync_folder(folder.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return folder
-
-
-def _write_index(catalog: Catalog, version: int, folder: Path,
-                 since: tuple[Path, list[str]] | None = None) -> None:
-    """A version's index as Parquet files in `folder`, one per table of INDEX_TABLES: `series`
-    (one row per series, what answers are made of, written in SERIES_ORDER so that whole lists
-    stream from it unsorted: DuckDB, keeping insertion order, scans a file in the order it was
-    written), `rollup` (series counted per patient, study and combination of the facts a
-    simple search filters on: a third of the rows to aggregate), `patients` (study and series
-    counts per patient) and `facets` (patients per collection and modality, body part or
-    manufacturer), the last two answering searches that only pick collections; plus
-    `collections`, the version's collection facts with species resolved (else a scan of every
-    item row at each start). Sums are cast to BIGINT: DuckDB's sums are HUGEINTs, which it
-    writes to Parquet as doubles. `rollup`, `patients` and `facets` are computed from the
-    `series` file, so no table is held in memory; sorts larger than memory spill to the
-    process's scratch folder (the connection's temp_directory).
-
-    `since` (the previous version's index folder, and the collections this version changed):
-    the series of the other collections are copied from that index, so that the item rows read
-    are those of the changed collections alone (segments are sorted by collection: the rest
-    of their row groups are skipped) and a publish costs what its batch touches, plus a pass
-    over the series (~1M for IDC), not over every instance. Patient numbers are dense ranks
-    over all series, so they are worked out again."""
-    items = catalog.relation(version, "items")
-    collections = catalog.relation(version, "collections")
-    con = catalog.connection()
-    described = ", ".join(_DESCRIPTIVE)
-    first_values = ", ".join(f"any_value({c}) AS {c}" for c in _DESCRIPTIVE)
-    changed = ""
-    if since is not None:
-        # (a constant IN list, which DuckDB checks against each row group's statistics)
-        changed = (f"AND collection_id IN ({', '.join('?' * len(since[1]))})" if since[1]
-                   else "AND false")
-    fresh = f"""
-        WITH series AS (
-            SELECT collection_id, PatientID, StudyInstanceUID, SeriesInstanceUID,
-                   {described}, instance_count AS image_count,
-                   series_size_bytes AS size_bytes, version_min
-            FROM {items} WHERE level = 'series' {changed}
-            UNION ALL BY NAME
-            SELECT collection_id, SeriesInstanceUID, any_value(PatientID) AS PatientID,
-                   any_value(StudyInstanceUID) AS StudyInstanceUID, {first_values},
-                   sum(instance_count)::BIGINT AS image_count,
-                   sum(coalesce(instance_size, series_size_bytes))::BIGINT AS size_bytes,
-                   min(version_min) AS version_min
-            FROM {items} WHERE level = 'instance' {changed}
-            GROUP BY collection_id, SeriesInstanceUID),
-        licenses AS (
-            SELECT license_short_name, any_value(license_long_name) AS license_long_name,
-                   any_value(license_url) AS license_url
-            FROM {collections} WHERE license_short_name IS NOT NULL GROUP BY 1)
-        SELECT s.*, coalesce(c.collection_name, s.collection_id) AS collection,
-               l.license_long_name, l.license_url,
-               s.analysis_result_id IS NOT NULL AS third_party,
-               coalesce(contains(upper(s.license_short_name), 'NC'), false)
-                   AS commercial_restricted,
-               hash(s.StudyInstanceUID) AS study_key,
-               {stable_pk_sql('s.SeriesInstanceUID')} AS series_pk
-        FROM series s
-        LEFT JOIN {collections} c ON c.collection_id = s.collection_id
-        LEFT JOIN licenses l ON l.license_short_name = s.license_short_name"""
-    # patients numbered over their distinct keys and joined back (a window over the whole
-    # rows took twice as long); kept collections' keys come from the previous `patients`
-    rows, params = "SELECT * FROM f", []
-    keys = "SELECT PatientID, collection, collection_id FROM f"
-    if since is not None:
-        kept = "WHERE NOT list_contains(?, collection_id)"
-        rows = (f"SELECT * EXCLUDE (patient_no) FROM "
-                f"{parquet_scan(since[0] / 'series.parquet')} {kept} "
-                f"UNION ALL BY NAME SELECT * FROM f")
-        keys = (f"SELECT PatientID, collection, collection_id FROM "
-                f"{parquet_scan(since[0] / 'patients.parquet')} {kept} UNION ALL {keys}")
-        params = since[1] * 2 + [since[1], since[1]]
-    copy_to_parquet(con, f"""
-        WITH f AS ({fresh}),
-        s AS ({rows}),
-        p AS (SELECT *, row_number() OVER (ORDER BY PatientID, collection, collection_id)
-                        AS patient_no
-              FROM (SELECT DISTINCT * FROM ({keys})))
-        SELECT s.* EXCLUDE (study_key, series_pk), p.patient_no, s.study_key, s.series_pk
-        FROM s JOIN p ON p.PatientID IS NOT DISTINCT FROM s.PatientID
-                     AND p.collection = s.collection AND p.collection_id = s.collection_id
-        ORDER BY {SERIES_ORDER}""", folder / "series.parquet", params)
-    series = parquet_scan(folder / "series.parquet")
-    copy_to_parquet(con, f"SELECT {', '.join(ROLLUP_COLUMNS)}, count(*) AS series "
-                         f"FROM {series} GROUP BY ALL", folder / "rollup.parquet")
-    copy_to_parquet(con, f"""
-        SELECT patient_no, any_value(collection_id) AS collection_id,
-               any_value(collection) AS collection, any_value(PatientID) AS PatientID,
-               count(DISTINCT study_key) AS studies, count(*) AS series
-        FROM {series} GROUP BY patient_no""", folder / "patients.parquet")
-    copy_to_parquet(con, " UNION ALL ".join(
-        f"SELECT collection_id, '{column}' AS facet, {column} AS value, "
-        f"count(DISTINCT patient_no) AS patients FROM {series} "
-        f"WHERE {column} IS NOT NULL GROUP BY collection_id, {column}"
-        for column in FACETS), folder / "facets.parquet")
-    # a collection ingested without metadata gets its species from its items (those of the
-    # collections this version left alone: as the previous index resolved them)
-    facts = ", ".join("coalesce(nullif(c.species, ''), i.species) AS species"
-                      if column == "species" else f"c.{column}"
-                      for column in INDEX_COLLECTION_COLUMNS)
-    item_species = (f"SELECT collection_id, any_value(tcia_species) AS species FROM {items} "
-                    f"WHERE tcia_species IS NOT NULL {changed} GROUP BY 1")
-    params = []
-    if since is not None:
-        item_species += (f" UNION ALL SELECT collection_id, species FROM "
-                         f"{parquet_scan(since[0] / 'collections.parquet')} "
-                         f"WHERE NOT list_contains(?, collection_id)")
-        params = since[1] + [since[1]]
-    copy_to_parquet(con, f"""
-        SELECT {facts} FROM {collections} c
-        LEFT JOIN ({item_species}) i ON i.collection_id = c.collection_id""",
-                    folder / "collections.parquet", params)
-
-
-@contextmanager
-def _build_lock(folder: Path) -> Iterator[None]:
-    """Hold the flock of `folder`/build.lock, waiting for it (see build_search_index); the
-    kernel drops it when the process ends, however it ends."""
-    fd = os.open(folder / "build.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 class CatalogSearch:
     """The NBIA search core of one archive. Thread-safe; each version's index is opened once
     per process, and built once per archive."""
@@ -581,14 +365,13 @@ class CatalogSearch:
     def _open_index(self, version: int) -> VersionIndex:
         """Views over a version's index files (built first if the version has none yet), and
         its collections, read from the index's small `collections` file."""
-        folder = build_search_index(self.catalog, version)
+        index = build_search_index(self.catalog, version)
         con = self.catalog.connection()
         names = [f"nbia_{table}_v{version}" for table in INDEX_TABLES]
         for name, table in zip(names, INDEX_TABLES):
-            con.execute(f"CREATE OR REPLACE VIEW {name} AS "
-                        f"SELECT * FROM {parquet_scan(folder / f'{table}.parquet')}")
-        rows = con.execute(f"SELECT {', '.join(INDEX_COLLECTION_COLUMNS)} "
-                           f"FROM {parquet_scan(folder / 'collections.parquet')}").fetchall()
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {index.scan(table)}")
+        rows = con.execute(f"SELECT {', '.join(INDEX_COLLECTION_COLUMNS)} FROM "
+                           f"{parquet_scan(index.folder / 'collections.parquet')}").fetchall()
         infos = {}
         for cid, name, species_text, *rest in rows:
             species, phantom = species_of(species_text)
@@ -684,11 +467,11 @@ class CatalogSearch:
 
     @staticmethod
     def _order(sort: Sort) -> str:
+        """Patients (of `p`) in the sort's order, ties in subject order."""
         direction = "DESC" if sort.descending else "ASC"
-        key = {"subject": "patient_no", "collection": "collection", "studies": "studies",
-               "series": "series"}[sort.field]
-        tie = "" if key == "patient_no" else f", patient_no {direction}"
-        return f"{key} {direction}{tie}"
+        keys = {"subject": [], "collection": ["collection"], "studies": ["studies"],
+                "series": ["series"]}[sort.field] + list(SUBJECT_ORDER)
+        return ", ".join(f"{key} {direction}" for key in keys)
 
     # ----- value lists and counts ----------------------------------------------------------
     def value_counts(self, scope: Scope, column: str, criteria: Criteria) -> list[tuple[str, int]]:
@@ -764,7 +547,7 @@ class CatalogSearch:
         rows = self.catalog.connection().execute(f"""
             SELECT SeriesInstanceUID, commercial_restricted FROM {scope.index.series}
             WHERE {w.sql} AND patient_no IN (SELECT unnest(?::BIGINT[]))
-            ORDER BY patient_no, StudyInstanceUID, SeriesInstanceUID""",
+            ORDER BY {', '.join(SUBJECT_ORDER)}, StudyInstanceUID, SeriesInstanceUID""",
             w.params + [page]).fetchall()
         return [r[0] for r in rows], any(r[1] for r in rows)
 
@@ -789,12 +572,12 @@ class CatalogSearch:
                 SELECT patient_no, collection_id, collection, PatientID, StudyInstanceUID,
                        study_key, series_pk, SeriesInstanceUID, CASE {first_hit} END AS hit
                 FROM {scope.index.series} WHERE {w.sql} AND ({" OR ".join(tests)}))
-            SELECT patient_no, any_value(collection_id), any_value(collection),
-                   any_value(PatientID), count(DISTINCT study_key), count(*),
-                   min_by(hit, hit[1]::INTEGER),
+            SELECT patient_no, any_value(collection_id) AS collection_id,
+                   any_value(collection) AS collection, any_value(PatientID) AS PatientID,
+                   count(DISTINCT study_key), count(*), min_by(hit, hit[1]::INTEGER),
                    list((StudyInstanceUID, series_pk, SeriesInstanceUID)
                         ORDER BY StudyInstanceUID, series_pk)
-            FROM hits GROUP BY patient_no ORDER BY patient_no""",
+            FROM hits GROUP BY patient_no ORDER BY {', '.join(SUBJECT_ORDER)}""",
             params + w.params + params).fetchall()
         patients, series_uids = [], []
         for _, cid, name, patient, n_studies, n_series, hit, series in rows:
