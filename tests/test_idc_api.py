@@ -756,18 +756,23 @@ def test_cohort_manifest_unchanged_across_publish(small_archive):
         assert preview_after["manifest"]["totalFound"] == preview_before["manifest"]["totalFound"] + 1
 
 
-def test_202_on_deadline_resumes_the_same_work(demo_archive_dir):
+@pytest.mark.parametrize("filters, runs", [
+    ({"collection_id": ["TCGA-LUAD"]}, "_materialise"),  # 4,848 rows: materialised
+    ({"Modality": ["CT", "MR", "PT"]}, "first_rows"),  # 700k+: a top-k first page
+])
+def test_202_on_deadline_resumes_the_same_work(demo_archive_dir, filters, runs):
     archive = Archive(demo_archive_dir, query_deadline_s=0.0)
     with LiveServer(archive) as live:
         calls = []
-        original = live.commons.results._materialise
+        owner = live.commons.results if runs == "_materialise" else live.commons.keyset
+        original = getattr(owner, runs)
 
-        def counted(key, compiled):
-            calls.append(key)
-            return original(key, compiled)
+        def counted(*args):
+            calls.append(args)
+            return original(*args)
 
-        live.commons.results._materialise = counted
-        spec = {"name": "slow", "filters": {"Modality": ["CT", "MR", "PT"]}}
+        setattr(owner, runs, counted)
+        spec = {"name": "slow", "filters": filters}
         params = {"SeriesInstanceUID": 1, "page_size": 10}
         r = requests.post(f"{live.url}/v1/cohorts/preview/manifest", params=params, json=spec)
         assert r.status_code == 202, r.text
@@ -780,8 +785,30 @@ def test_202_on_deadline_resumes_the_same_work(demo_archive_dir):
             if r.status_code == 200:
                 break
             token = r.json()["next_page"]
+            time.sleep(0.05)
         assert r.status_code == 200 and r.json()["manifest"]["rowsReturned"] == 10
         assert len(calls) == 1  # resubmitting picked up the running query; nothing restarted
+
+
+def test_the_first_page_of_a_large_answer_waits_for_none_of_the_rest(server):
+    """The first page of 128k MR series is a top-k and a count (no result is materialised
+    for it); the second is read from the result made then. The pages are the query's rows in
+    order, as one materialised page of them all gives them."""
+    spec = {"name": "mr", "filters": {"Modality": ["MR", "not-a-modality-top-k"]}}
+    params = {"GCS_URL": True, "SeriesInstanceUID": True, "page_size": 1000}
+    url = f"{server.url}/v1/cohorts/preview/manifest"
+    first = requests.post(url, params=params, json=spec).json()
+    store = server.commons.results
+    held_before = len(store._results)
+    rows = first["manifest"]["json_manifest"]
+    assert first["manifest"]["rowsReturned"] == 1000
+    assert len(store._results) == held_before  # nothing materialised for the first page
+    second = requests.get(f"{server.url}/v1/cohorts/manifest/nextPage",
+                          params={"next_page": first["next_page"], "page_size": 1000}).json()
+    rows += second["manifest"]["json_manifest"]
+    whole = requests.post(url, params={**params, "page_size": 65536}, json=spec).json()
+    assert whole["manifest"]["totalFound"] == first["manifest"]["totalFound"] > 100_000
+    assert rows == whole["manifest"]["json_manifest"][:2000]
 
 
 def _until_done(url: str, first: requests.Response, resubmit) -> requests.Response:

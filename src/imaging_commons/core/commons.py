@@ -28,6 +28,9 @@ from .sign_ins import SignInThrottle
 
 GUID_PREFIX = "dg.4DFC/"
 COMPILED_KEPT = 256  # compiled queries remembered for the pages that follow
+# A series-level answer of more rows than this has its first page made by a top-k and a count
+# (see Commons.page): 10,000 series materialise in ~10 ms, as fast as the two.
+TOP_K_FROM_ROWS = 10_000
 
 # IDC manifest column selectors, in the order rows are sorted by
 MANIFEST_SELECTORS: dict[str, exp.Expression] = {
@@ -281,12 +284,14 @@ class Commons:
         the rest, series-level answers, from materialised results. Which one a manifest or
         query is, is worked out for its first page; a later page's state tells it (a key, or
         an offset alone), so a next page, which may be served on the event loop, asks nothing
-        of the engine to know it."""
+        of the engine to know it. The first page of a series-level answer of more than
+        TOP_K_FROM_ROWS rows (and four pages) is a top-k and a count: most callers read one
+        page, and the whole result waits for the second."""
         compiled = self.compile_state(state, user)
         ordered = state["kind"] == "dicomMetadata"
+        first = not state.get("offset")
         if ordered or "after" in state or (
-                not state.get("offset") and self.keyset.pages_instances(compiled,
-                                                                        state["version"])):
+                first and self.keyset.pages_instances(compiled, state["version"])):
             if state.get("offset") and state.get("after") is None:
                 raise FilterError("This next_page token was made by an earlier release of the "
                                   "server: start the query again")
@@ -295,6 +300,14 @@ class Commons:
             page = (self.keyset.ordered_page(compiled, state, state["version"], page_size)
                     if ordered else self.keyset.top_page(compiled, state, page_size))
             return dataclasses.replace(page, sql=echoed_sql(compiled))
+        if first and not self.results.holds(compiled.key):
+            top = self.results.once(f"top {page_size} {compiled.key}", lambda: (
+                self.keyset.first_rows(compiled, page_size, max(TOP_K_FROM_ROWS, 4 * page_size))),
+                deadline_s)
+            if top is not None:
+                rows, total = top
+                return KeysetPage(rows, state, 0, total, None, echoed_sql(compiled),
+                                  by_key=False)
         result = self.results.run(compiled, deadline_s)
         return Page(result, state, int(state.get("offset", 0)), page_size, echoed_sql(compiled))
 

@@ -88,6 +88,7 @@ class KeysetPage:
     total: int
     last_key: list | None
     sql: str = ""  # (set by Commons.page: the query's SQL as a page echoes it)
+    by_key: bool = True  # the next page is read by key (else by offset, materialised)
 
     complete = True
 
@@ -101,8 +102,10 @@ class KeysetPage:
     @property
     def next_state(self) -> dict | None:
         end = self.offset + self.returned
-        if end >= self.total or self.last_key is None:
+        if end >= self.total or not self.rows:
             return None
+        if not self.by_key:
+            return {**self.state, "offset": end}
         return {**self.state, "offset": end, "after": self.last_key}
 
 
@@ -179,6 +182,22 @@ class KeysetPages:
                           int(state.get("offset", 0)),
                           self.total(compiled.key, split, split_params),
                           list(found[-1][1:]) if found else None)
+
+    def first_rows(self, compiled: Compiled, limit: int,
+                   more_than: int) -> tuple[list[bytes], int] | None:
+        """The first `limit` rows of a series-level manifest or query in its own order (a
+        top-k, rendered once picked) and its count, when it has `more_than` rows (None if not:
+        it is materialised, see Commons.page). Its later pages are read from the result
+        materialised when the second is asked for (results.py)."""
+        total = self.total(compiled.key, compiled.tree, compiled.params)
+        if total <= more_than:
+            return None
+        top = compiled.tree.copy().limit(limit)
+        outer = exp.select(json_row(self._columns(compiled)).as_(ROW_COLUMN)).from_(
+            top.subquery("q"))
+        found = self.catalog.connection().execute(outer.sql("duckdb"),
+                                                  compiled.params).fetchall()
+        return [row[0][:-1].encode() for row in found], total
 
     def total(self, key: str, query: exp.Expression, params: list) -> int:
         """The number of rows of `query` (a form of the query `key` names, with its `params`),

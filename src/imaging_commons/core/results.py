@@ -19,10 +19,11 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import duckdb
 import numpy as np
@@ -263,6 +264,7 @@ class ResultStore:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="query")
         self._lock = threading.Lock()
         self._results: "OrderedDict[str, Result]" = OrderedDict()  # least recently used first
+        self._once: "OrderedDict[str, Future]" = OrderedDict()  # (see once)
         self._shapes = RecentlyUsed(SHAPES_KEPT)  # key ranks and query SQL -> rows_as_json SQL
 
     def run(self, compiled: Compiled, deadline_s: float | None) -> Result:
@@ -281,6 +283,29 @@ class ResultStore:
         if not result.started(deadline_s):
             raise Pending(key)
         return result
+
+    def once(self, key: str, make: Callable[[], Any], deadline_s: float | None) -> Any:
+        """What `make` returns (a first page worked out apart from a result), made once per
+        key in this store's pool, as results are: waits at most `deadline_s` for it, and raises
+        Pending past it, after which the next ask waits for the same run. The last
+        `max_results` are kept; a run that failed is made again."""
+        with self._lock:
+            future = self._once.get(key)
+            if future is None or (future.done() and future.exception() is not None):
+                future = self._once[key] = self._pool.submit(make)
+                while len(self._once) > self.max_results:
+                    self._once.popitem(last=False)
+            self._once.move_to_end(key)
+        try:
+            return future.result(timeout=deadline_s)
+        except FutureTimeout:
+            raise Pending(key) from None
+
+    def holds(self, key: str) -> bool:
+        """Whether the query `key` names has a result here (made, or being made)."""
+        with self._lock:
+            result = self._results.get(key)
+            return result is not None and not result.failed
 
     def _evict(self) -> None:
         """Drop the least recently used results while more than `max_results` are kept, or
