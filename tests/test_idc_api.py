@@ -756,15 +756,15 @@ def test_cohort_manifest_unchanged_across_publish(small_archive):
         assert preview_after["manifest"]["totalFound"] == preview_before["manifest"]["totalFound"] + 1
 
 
-@pytest.mark.parametrize("filters, runs", [
-    ({"collection_id": ["TCGA-LUAD"]}, "_materialise"),  # 4,848 rows: materialised
-    ({"Modality": ["CT", "MR", "PT"]}, "first_rows"),  # 700k+: a top-k first page
+@pytest.mark.parametrize("version, field, runs", [
+    ("26.0", "GCS_URL", "_materialise"),  # (an ingested version: no key ranks)
+    ("25.0", "GCS_URL", "_first_rows"),  # IDC's URLs, a ranked unique key: a top-k and a count
 ])
-def test_202_on_deadline_resumes_the_same_work(demo_archive_dir, filters, runs):
+def test_202_on_deadline_resumes_the_same_work(demo_archive_dir, version, field, runs):
     archive = Archive(demo_archive_dir, query_deadline_s=0.0)
     with LiveServer(archive) as live:
         calls = []
-        owner = live.commons.results if runs == "_materialise" else live.commons.keyset
+        owner = live.commons.results if runs == "_materialise" else live.commons
         original = getattr(owner, runs)
 
         def counted(*args):
@@ -772,8 +772,9 @@ def test_202_on_deadline_resumes_the_same_work(demo_archive_dir, filters, runs):
             return original(*args)
 
         setattr(owner, runs, counted)
-        spec = {"name": "slow", "filters": filters}
-        params = {"SeriesInstanceUID": 1, "page_size": 10}
+        spec = {"name": "slow", "filterSet": {"idc_data_version": version,  # (see below)
+                                              "filters": {"Modality": ["CT", "MR", "PT"]}}}
+        params = {field: 1, "page_size": 10}
         r = requests.post(f"{live.url}/v1/cohorts/preview/manifest", params=params, json=spec)
         assert r.status_code == 202, r.text
         body = r.json()
@@ -791,10 +792,12 @@ def test_202_on_deadline_resumes_the_same_work(demo_archive_dir, filters, runs):
 
 
 def test_the_first_page_of_a_large_answer_waits_for_none_of_the_rest(server):
-    """The first page of 128k MR series is a top-k and a count (no result is materialised
-    for it); the second is read from the result made then. The pages are the query's rows in
-    order, as one materialised page of them all gives them."""
-    spec = {"name": "mr", "filters": {"Modality": ["MR", "not-a-modality-top-k"]}}
+    """The first page of 128k MR series of IDC's v25 led by their URL (a unique key there) is a
+    top-k and a count (no result is materialised for it); the second is read from the result
+    made then. The pages are the query's rows in order, as one materialised page of them all
+    gives them."""
+    spec = {"name": "mr", "filterSet": {"idc_data_version": "25.0", "filters": {
+        "Modality": ["MR", "not-a-modality-top-k"]}}}
     params = {"GCS_URL": True, "SeriesInstanceUID": True, "page_size": 1000}
     url = f"{server.url}/v1/cohorts/preview/manifest"
     first = requests.post(url, params=params, json=spec).json()

@@ -28,9 +28,6 @@ from .sign_ins import SignInThrottle
 
 GUID_PREFIX = "dg.4DFC/"
 COMPILED_KEPT = 256  # compiled queries remembered for the pages that follow
-# A series-level answer of more rows than this has its first page made by a top-k and a count
-# (see Commons.page): 10,000 series materialise in ~10 ms, as fast as the two.
-TOP_K_FROM_ROWS = 10_000
 
 # IDC manifest column selectors, in the order rows are sorted by
 MANIFEST_SELECTORS: dict[str, exp.Expression] = {
@@ -284,9 +281,11 @@ class Commons:
         the rest, series-level answers, from materialised results. Which one a manifest or
         query is, is worked out for its first page; a later page's state tells it (a key, or
         an offset alone), so a next page, which may be served on the event loop, asks nothing
-        of the engine to know it. The first page of a series-level answer of more than
-        TOP_K_FROM_ROWS rows (and four pages) is a top-k and a count: most callers read one
-        page, and the whole result waits for the second."""
+        of the engine to know it. The first page of a series-level answer led by a unique key
+        (for IDC's series: the series UID, its CRDC GUID or URL; see rows_as_json) is a top-k
+        and a count, without the rest of the rows: most callers read one page, and the whole
+        result is materialised when the second is asked for. (Others are materialised at once:
+        a count of distinct rows costs about what their materialisation does.)"""
         compiled = self.compile_state(state, user)
         ordered = state["kind"] == "dicomMetadata"
         first = not state.get("offset")
@@ -300,16 +299,18 @@ class Commons:
             page = (self.keyset.ordered_page(compiled, state, state["version"], page_size)
                     if ordered else self.keyset.top_page(compiled, state, page_size))
             return dataclasses.replace(page, sql=echoed_sql(compiled))
-        if first and not self.results.holds(compiled.key):
-            top = self.results.once(f"top {page_size} {compiled.key}", lambda: (
-                self.keyset.first_rows(compiled, page_size, max(TOP_K_FROM_ROWS, 4 * page_size))),
-                deadline_s)
-            if top is not None:
-                rows, total = top
-                return KeysetPage(rows, state, 0, total, None, echoed_sql(compiled),
-                                  by_key=False)
+        if first and not self.results.holds(compiled.key) and self.results.ranked(compiled):
+            rows, total = self.results.once(f"top {page_size} {compiled.key}",
+                                            lambda: self._first_rows(compiled, page_size),
+                                            deadline_s)
+            return KeysetPage(rows, state, 0, total, None, echoed_sql(compiled), by_key=False)
         result = self.results.run(compiled, deadline_s)
         return Page(result, state, int(state.get("offset", 0)), page_size, echoed_sql(compiled))
+
+    def _first_rows(self, compiled: Compiled, limit: int) -> tuple[list[bytes], int]:
+        """A ranked answer's first `limit` rows and its count."""
+        total = self.keyset.total(compiled.key, self.results.counted(compiled), compiled.params)
+        return self.results.first_rows(compiled, limit), total
 
 
 def echoed_sql(compiled: Compiled) -> str:

@@ -1,7 +1,8 @@
 """Keyset pages: a page of an instance-level result read from where the previous page ended.
 
 A series-level result (at most the catalogue's ~1M series) is materialised once and paged by
-offset (results.py). An instance-level result at IDC's scale (58.8M rows) cannot be: its page
+offset (results.py); the first page of a large one is a top-k and a count, so that it waits
+for none of the rest (Commons.page). An instance-level result at IDC's scale (58.8M rows) cannot be: its page
 tokens carry the last row's order key instead, and a page is the first `limit` rows after it,
 read from data already in that order. dicomMetadata asks for instance rows in ITEM_ORDER, the
 order every ingested segment is written in, so a page reads each segment from the granule its
@@ -182,22 +183,6 @@ class KeysetPages:
                           int(state.get("offset", 0)),
                           self.total(compiled.key, split, split_params),
                           list(found[-1][1:]) if found else None)
-
-    def first_rows(self, compiled: Compiled, limit: int,
-                   more_than: int) -> tuple[list[bytes], int] | None:
-        """The first `limit` rows of a series-level manifest or query in its own order (a
-        top-k, rendered once picked) and its count, when it has `more_than` rows (None if not:
-        it is materialised, see Commons.page). Its later pages are read from the result
-        materialised when the second is asked for (results.py)."""
-        total = self.total(compiled.key, compiled.tree, compiled.params)
-        if total <= more_than:
-            return None
-        top = compiled.tree.copy().limit(limit)
-        outer = exp.select(json_row(self._columns(compiled)).as_(ROW_COLUMN)).from_(
-            top.subquery("q"))
-        found = self.catalog.connection().execute(outer.sql("duckdb"),
-                                                  compiled.params).fetchall()
-        return [row[0][:-1].encode() for row in found], total
 
     def total(self, key: str, query: exp.Expression, params: list) -> int:
         """The number of rows of `query` (a form of the query `key` names, with its `params`),

@@ -195,12 +195,29 @@ def _finite(value: exp.Expression) -> exp.Expression:
 
 
 def rows_as_json(compiled: Compiled, columns: list[tuple[str, str]],
-                 key_ranks: dict[str, str]) -> exp.Select:
+                 key_ranks: dict[str, str], limit: int | None = None) -> exp.Select:
     """The compiled query with each row rendered by DuckDB as one JSON object and a comma, in
-    the query's order. `columns` are the query's output (name, DuckDB type); no two names may
-    differ only in case (DuckDB's struct keys are case-insensitive). A query led by a key
-    unique in the relation it reads (`key_ranks`, of Catalog.key_ranks) is sorted by that key's
-    rank, and needs no DISTINCT."""
+    the query's order; with `limit`, its first rows only, rendered once picked. `columns` are
+    the query's output (name, DuckDB type); no two names may differ only in case (DuckDB's
+    struct keys are case-insensitive). A query led by a key unique in the relation it reads
+    (`key_ranks`, of Catalog.key_ranks) is sorted by that key's rank, and needs no
+    DISTINCT."""
+    inner, order = _ranked(compiled, key_ranks)
+    if limit is not None:
+        inner.set("order", order)
+        return exp.select(json_row(columns).as_(ROW_COLUMN)).from_(
+            inner.limit(limit).subquery("q"))
+    outer = exp.select(json_row(columns).as_(ROW_COLUMN)).from_(inner.subquery("q"))
+    if order is not None:  # by the subquery's columns, which no output name can shadow
+        for ordered in order.expressions:
+            ordered.this.set("table", exp.to_identifier("q"))
+        outer.set("order", order)
+    return outer
+
+
+def _ranked(compiled: Compiled, key_ranks: dict[str, str]) -> tuple[exp.Select, exp.Order | None]:
+    """The query without its ORDER BY, and the order of its rows: by the rank of its leading
+    key (selected as RANK_COLUMN, the DISTINCT dropped) where it has one, else its own."""
     inner = compiled.tree.copy()
     order = inner.args.get("order")
     inner.set("order", None)
@@ -209,12 +226,7 @@ def rows_as_json(compiled: Compiled, columns: list[tuple[str, str]],
         inner.set("distinct", None)
         inner.select(col(rank).as_(RANK_COLUMN, quoted=True), copy=False)
         order = exp.Order(expressions=[exp.Ordered(this=col(RANK_COLUMN))])
-    outer = exp.select(json_row(columns).as_(ROW_COLUMN)).from_(inner.subquery("q"))
-    if order is not None:  # by the subquery's columns, which no output name can shadow
-        for ordered in order.expressions:
-            ordered.this.set("table", exp.to_identifier("q"))
-        outer.set("order", order)
-    return outer
+    return inner, order
 
 
 def json_row(columns: list[tuple[str, str]]) -> exp.Expression:
@@ -367,16 +379,40 @@ class ResultStore:
             raise
         return file
 
-    def _rendered_sql(self, con: duckdb.DuckDBPyConnection, compiled: Compiled) -> str:
+    def first_rows(self, compiled: Compiled, limit: int) -> list[bytes]:
+        """The query's first `limit` rows (a top-k, by key rank where it has one), each as its
+        JSON object."""
+        con = self.catalog.connection()
+        found = con.execute(self._rendered_sql(con, compiled, limit), compiled.params).fetchall()
+        return [row[0][:-1].encode() for row in found]
+
+    def counted(self, compiled: Compiled) -> exp.Select:
+        """The query as its rows are counted: unordered, and without its DISTINCT where a
+        unique leading key makes every row distinct."""
+        return _ranked(compiled, self._ranks(compiled))[0]
+
+    def ranked(self, compiled: Compiled) -> bool:
+        """Whether the query is led by a unique key it can be sorted by the rank of (see
+        rows_as_json): every row is distinct, so its rows are counted, and its first ones
+        picked, without hashing any."""
+        inner = compiled.tree
+        return _leading_key_rank(inner, inner.args.get("order"), self._ranks(compiled)) is not None
+
+    def _ranks(self, compiled: Compiled) -> dict[str, str]:
+        return self.catalog.key_ranks(compiled.relation) if compiled.relation else {}
+
+    def _rendered_sql(self, con: duckdb.DuckDBPyConnection, compiled: Compiled,
+                      limit: int | None = None) -> str:
         """The SQL of rows_as_json. It depends on the query's shape (its SQL, placeholders and
         all) and the key ranks of its relation, not on the values, so it is worked out once per
         shape and ranks: the output types it needs take a DESCRIBE, and generating it another
         pass of sqlglot."""
         sql = compiled.sql("duckdb")
-        ranks = self.catalog.key_ranks(compiled.relation) if compiled.relation else {}
+        ranks = self._ranks(compiled)
 
         def render() -> str:
             columns = con.execute(f"DESCRIBE {sql}", compiled.params).fetchall()
-            return rows_as_json(compiled, [(d[0], d[1]) for d in columns], ranks).sql("duckdb")
+            return rows_as_json(compiled, [(d[0], d[1]) for d in columns], ranks,
+                                limit).sql("duckdb")
 
-        return self._shapes.get(f"{sorted(ranks)}\n{sql}", render)
+        return self._shapes.get(f"{sorted(ranks)} {limit}\n{sql}", render)
