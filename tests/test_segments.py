@@ -124,6 +124,32 @@ def test_a_moved_instance_leaves_older_versions_as_they_were(grown):
         assert set(collections_of(commons, version)) < all_sops
 
 
+@pytest.mark.parametrize("kept", [True, False])
+def test_moves_staged_over_several_runs_retire_the_rows_they_replace(grown, kept):
+    """Runs of one stage move instances back and forth; publish retires the previous version's
+    row of each from what the runs looked up (or, for a stage that kept no lookups, as an
+    earlier release wrote them, from the version itself): one row per instance either way."""
+    archive, batches, moved = grown
+    catalog = Commons(archive).catalog
+    moving = batches[1][:4]
+    ingest(catalog, moving, "elsewhere")
+    ingest(catalog, moving[:2], "third")  # two of them move on, in the same stage
+    ingest(catalog, moved[2:4], "samples")  # two moved in v4 come back
+    stage = catalog.stage()
+    assert (stage["published"]["version"] is not None) and stage["published"]["file"]
+    if not kept:
+        (catalog.staging_dir / stage.pop("published")["file"]).unlink()
+        catalog.write_stage(stage)
+    version = publish(catalog)
+    sops = {sop_uid_of(p): p for b in batches for p in b}
+    where = {sop: "samples" for sop in sops}
+    where.update({sop_uid_of(p): "elsewhere" for p in moved[4:]})
+    where.update({sop_uid_of(p): "elsewhere" for p in moving[2:]})
+    where.update({sop_uid_of(p): "third" for p in moving[:2]})
+    assert collections_of(Commons(Archive(archive.root)), version) == {
+        sop: [collection] for sop, collection in where.items()}
+
+
 def test_reingest_across_many_batches_adds_nothing(grown):
     archive, batches, moved = grown
     catalog = Commons(archive).catalog

@@ -46,6 +46,8 @@ RANKED_KEYS = ("SeriesInstanceUID", "SOPInstanceUID", "crdc_series_uuid", "crdc_
 # a study's and a series' rows lie together.
 ITEM_ORDER = ("collection_id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
               "SOPInstanceUID")
+# What an ingest looks up of the instances it meets in the active version (published_instances)
+PUBLISHED_COLUMNS = ("SOPInstanceUID", "crdc_instance_uuid", "collection_id", "analysis_result_id")
 
 
 # Names of the item segments ingest writes (and compaction merges them into): instance rows that
@@ -421,17 +423,15 @@ class Catalog:
         return [f for f in manifest.get("items", [])
                 if f.startswith((INGESTED_PREFIX, COMPACTED_PREFIX))]
 
-    def published_instances(self, sops: list[str]) -> dict[str, tuple[str, str]]:
-        """{SOPInstanceUID: (crdc_instance_uuid, collection_id)} of the given instances in the
-        active version (those it holds)."""
+    def published_instances(self, sops: list[str]) -> pa.Table:
+        """The active version's rows of the given instances (those it holds): SOPInstanceUID,
+        crdc_instance_uuid, collection_id and analysis_result_id."""
         active = self._state()["active"]
         if active is None or not sops:
-            return {}
-        rows = self.connection().execute(
-            f"SELECT SOPInstanceUID, crdc_instance_uuid, collection_id "
-            f"FROM {_q(self.relation(active, 'items'))} "
-            f"WHERE SOPInstanceUID IN (SELECT unnest(?))", [sops]).fetchall()
-        return {sop: (uuid_, collection) for sop, uuid_, collection in rows}
+            return pa.table({c: pa.array([], pa.string()) for c in PUBLISHED_COLUMNS})
+        return self.connection().execute(
+            f"SELECT {', '.join(PUBLISHED_COLUMNS)} FROM {_q(self.relation(active, 'items'))} "
+            f"WHERE SOPInstanceUID IN (SELECT unnest(?))", [sops]).to_arrow_table()
 
     def clinical_tables(self, number: int) -> list[dict]:
         """Clinical sources of a version: [{source, collection_id, table, columns:{name:type}}]."""

@@ -51,6 +51,7 @@ from .catalog import (
     _q,
     copy_to_parquet,
     normalise_collection_id,
+    parquet_scan,
     write_parquet_atomic,
 )
 from .dicom_rows import NotDicom, instance_row, read_header, warm_up
@@ -186,10 +187,11 @@ def _referenced(catalog: Catalog, keys: set[str]) -> set[str]:
 
 def _sweep_stage(catalog: Catalog) -> None:
     """Remove the staging files the stage does not name: the rows or clinical table of a run
-    that stopped before recording them, the staged rows a later ingest replaced, temporary
-    copies of writes cut short."""
+    that stopped before recording them, the staged rows (or lookups) a later ingest replaced,
+    temporary copies of writes cut short."""
     stage = catalog.stage()
     named = {catalog.stage_file.name, stage.get("items"),
+             (stage.get("published") or {}).get("file"),
              *(entry["file"] for entry in stage.get("clinical", []))}
     for entry in os.scandir(catalog.staging_dir):
         if entry.name not in named and entry.is_file(follow_symlinks=False):
@@ -564,22 +566,50 @@ def _stage_run(catalog: Catalog, run: str, rows: list[dict], report: IngestRepor
     """Stage a run's rows and its collection's entry, if either changes the stage. One write
     of the stage file records both (restricted flag included): a crash can never leave rows
     staged without their collection. The rows go to a file of the run's own, which only that
-    write makes the staged one (a killed run's rows are never staged by halves)."""
-    merged = _merged_rows(catalog, rows, report)
+    write makes the staged one (a killed run's rows are never staged by halves).
+
+    The active version's rows of every instance a run met are kept beside the staged rows
+    (`published`, with the version they were read from), added to those of the stage's
+    earlier runs: the rows publish retires are among them, so that publish need not look
+    them up again in the whole archive."""
     stage = catalog.stage()
+    published = catalog.published_instances(list({row["SOPInstanceUID"] for row in rows}))
+    merged = _merged_rows(catalog, rows, report, published)
     collection_changed = _stage_collection(catalog, stage, collection_id, name, restricted, meta)
     if merged is None and not collection_changed:
         return
     replaced = None
     if merged is not None:
-        replaced = stage.pop("items", None)
+        items = stage.pop("items", None)
+        replaced = [items, _kept_lookups(catalog, stage, run, published, items is not None)]
         if merged.num_rows:
             stage["items"] = f"items-{run}.parquet"
             write_parquet_atomic(merged, catalog.staging_dir / stage["items"])
     catalog.write_stage(stage)
-    if replaced:
-        (catalog.staging_dir / replaced).unlink(missing_ok=True)
+    for name in replaced or ():
+        if name:
+            (catalog.staging_dir / name).unlink(missing_ok=True)
 
+
+def _kept_lookups(catalog: Catalog, stage: dict, run: str, published: pa.Table,
+                  had_items: bool) -> str | None:
+    """Put in `stage` the file of a run's lookups (`published`) with those of the stage's
+    earlier runs, all read from the active version; where they are not all (rows staged by
+    another means, or a stage older than the active version), a `published` without a file
+    tells publish to look the rows up itself. Returns the name of the file it replaces."""
+    active = catalog._state()["active"]
+    before = stage.get("published")
+    complete = (before["version"] == active if before is not None else not had_items)
+    if active is None or not complete or (before is not None and before["file"] is None):
+        stage["published"] = {"version": None, "file": None}
+        return before and before["file"]
+    if before is not None:
+        published = pa.concat_tables([
+            pq.read_table(catalog.staging_dir / before["file"]).cast(published.schema),
+            published])
+    stage["published"] = {"version": active, "file": f"published-{run}.parquet"}
+    write_parquet_atomic(published, catalog.staging_dir / stage["published"]["file"])
+    return before and before["file"]
 
 ITEM_SCHEMA = pa.schema([(name, {"VARCHAR": pa.string(), "DOUBLE": pa.float64(),
                                   "BIGINT": pa.int64(), "VARCHAR[]": pa.list_(pa.string())}[kind])
@@ -594,8 +624,10 @@ def _as_items(table: pa.Table) -> pa.Table:
                     schema=ITEM_SCHEMA)
 
 
-def _merged_rows(catalog: Catalog, rows: list[dict], report: IngestReport) -> pa.Table | None:
-    """The staged rows with `rows` merged in; None when that changes nothing.
+def _merged_rows(catalog: Catalog, rows: list[dict], report: IngestReport,
+                 published: pa.Table) -> pa.Table | None:
+    """The staged rows with `rows` merged in; None when that changes nothing. `published`: the
+    active version's rows of the batch's instances (Catalog.published_instances).
 
     The stage holds only what the next version changes: rows of instances that are new, or
     whose content or collection differ from the active version's. A file present there with
@@ -611,11 +643,13 @@ def _merged_rows(catalog: Catalog, rows: list[dict], report: IngestReport) -> pa
     staged_keys = dict(zip(staged["SOPInstanceUID"].to_pylist(),
                            zip(staged["crdc_instance_uuid"].to_pylist(),
                                staged["collection_id"].to_pylist())))
-    published = catalog.published_instances([row["SOPInstanceUID"] for row in latest])
+    found = dict(zip(published["SOPInstanceUID"].to_pylist(),
+                     zip(published["crdc_instance_uuid"].to_pylist(),
+                         published["collection_id"].to_pylist())))
     changed, reverted = [], []
     for row in latest:
         sop, key = row["SOPInstanceUID"], (row["crdc_instance_uuid"], row["collection_id"])
-        if published.get(sop) == key:
+        if found.get(sop) == key:
             if sop in staged_keys:
                 reverted.append(sop)
         elif staged_keys.get(sop) != key:
@@ -734,10 +768,14 @@ def publish(catalog: Catalog, date_active: str | None = None) -> int:
             values.update(r[0] for r in con.execute(f"SELECT DISTINCT {key} FROM {staged}")
                           .fetchall() if r[0] is not None)
         if previous_number:
-            # the previous version's rows of the staged instances: retired in this one
+            # the previous version's rows of the staged instances: retired in this one (among
+            # those ingest looked up, when it read them from that version; see _stage_run)
+            lookups = stage.get("published") or {}
+            rows = (parquet_scan(catalog.staging_dir / lookups["file"])
+                    if lookups.get("version") == previous_number and lookups.get("file")
+                    else catalog.relation(previous_number, "items"))
             replaced = con.execute(f"""
-                SELECT SOPInstanceUID, collection_id, analysis_result_id
-                FROM {catalog.relation(previous_number, 'items')}
+                SELECT SOPInstanceUID, collection_id, analysis_result_id FROM {rows}
                 WHERE SOPInstanceUID IN (SELECT SOPInstanceUID FROM {staged})""").to_arrow_table()
             if replaced.num_rows:
                 tombstones = catalog.new_segment_path("retired")
