@@ -28,6 +28,9 @@ from .sign_ins import SignInThrottle
 
 GUID_PREFIX = "dg.4DFC/"
 COMPILED_KEPT = 256  # compiled queries remembered for the pages that follow
+# The largest first page made by a top-k (see Commons.page): a larger page is a good part of
+# its result, which is better materialised at once, readying the later pages too.
+TOP_K_MAX_ROWS = 10_000
 
 # IDC manifest column selectors, in the order rows are sorted by
 MANIFEST_SELECTORS: dict[str, exp.Expression] = {
@@ -281,11 +284,12 @@ class Commons:
         the rest, series-level answers, from materialised results. Which one a manifest or
         query is, is worked out for its first page; a later page's state tells it (a key, or
         an offset alone), so a next page, which may be served on the event loop, asks nothing
-        of the engine to know it. The first page of a series-level answer led by a unique key
-        (for IDC's series: the series UID, its CRDC GUID or URL; see rows_as_json) is a top-k
-        and a count, without the rest of the rows: most callers read one page, and the whole
-        result is materialised when the second is asked for. (Others are materialised at once:
-        a count of distinct rows costs about what their materialisation does.)"""
+        of the engine to know it. The first page (up to TOP_K_MAX_ROWS rows) of a series-level
+        answer led by a unique key (for IDC's series: the series UID, its CRDC GUID or URL; see
+        rows_as_json) is a top-k and a count, without the rest of the rows: most callers read
+        one page, and the whole result is materialised when the second is asked for. (Others
+        are materialised at once: a count of distinct rows costs about what their
+        materialisation does.)"""
         compiled = self.compile_state(state, user)
         ordered = state["kind"] == "dicomMetadata"
         first = not state.get("offset")
@@ -299,7 +303,8 @@ class Commons:
             page = (self.keyset.ordered_page(compiled, state, state["version"], page_size)
                     if ordered else self.keyset.top_page(compiled, state, page_size))
             return dataclasses.replace(page, sql=echoed_sql(compiled))
-        if first and not self.results.holds(compiled.key) and self.results.ranked(compiled):
+        if (first and page_size <= TOP_K_MAX_ROWS and not self.results.holds(compiled.key)
+                and self.results.ranked(compiled)):
             rows, total = self.results.once(f"top {page_size} {compiled.key}",
                                             lambda: self._first_rows(compiled, page_size),
                                             deadline_s)
