@@ -518,13 +518,13 @@ class CatalogSearch:
             matched.params + [size, start]).fetchone()
         page = _tuples(page)
         w = self._where(scope, criteria)
+        _of_patients(w, page)
         studies = self.catalog.connection().execute(f"""
             SELECT patient_no, StudyInstanceUID, list(series_pk ORDER BY series_pk),
                    list(DISTINCT Modality) FILTER (WHERE Modality IS NOT NULL),
                    list(DISTINCT BodyPartExamined) FILTER (WHERE BodyPartExamined IS NOT NULL)
-            FROM {scope.index.series}
-            WHERE {w.sql} AND patient_no IN (SELECT unnest(?::BIGINT[]))
-            GROUP BY 1, 2 ORDER BY 1, 2""", w.params + [[r[0] for r in page]]).fetchall()
+            FROM {scope.index.series} WHERE {w.sql}
+            GROUP BY 1, 2 ORDER BY 1, 2""", w.params).fetchall()
         by_collection = _tuples(by_collection)
         return SearchPage(
             patients=_nest(scope, page, studies),
@@ -540,15 +540,17 @@ class CatalogSearch:
         """The series UIDs of one page of the simple search (what its manifest lists), and
         whether any of them is under a license that forbids commercial use."""
         matched = self._matches(scope, criteria)
-        page = [r[0] for r in self.catalog.connection().execute(
-            f"WITH {matched.ctes} SELECT patient_no FROM p ORDER BY {self._order(sort)} "
-            f"LIMIT ? OFFSET ?", matched.params + [size, start]).fetchall()]
+        page = self.catalog.connection().execute(
+            f"WITH {matched.ctes} SELECT patient_no, collection_id FROM p "
+            f"ORDER BY {self._order(sort)} LIMIT ? OFFSET ?",
+            matched.params + [size, start]).fetchall()
         w = self._where(scope, criteria)
+        _of_patients(w, page)
         rows = self.catalog.connection().execute(f"""
             SELECT SeriesInstanceUID, commercial_restricted FROM {scope.index.series}
-            WHERE {w.sql} AND patient_no IN (SELECT unnest(?::BIGINT[]))
+            WHERE {w.sql}
             ORDER BY {', '.join(SUBJECT_ORDER)}, StudyInstanceUID, SeriesInstanceUID""",
-            w.params + [page]).fetchall()
+            w.params).fetchall()
         return [r[0] for r in rows], any(r[1] for r in rows)
 
     # ----- text search ---------------------------------------------------------------------
@@ -750,6 +752,19 @@ def _nest(scope: Scope, page: list[tuple], studies: list[tuple]) -> list[Patient
             sorted({b for r in rows for b in r[3] or ()}),
             info.species if info else (), [StudySeries(r[0], list(r[1])) for r in rows]))
     return out
+
+
+def _of_patients(w: _Where, page: Sequence[tuple]) -> None:
+    """Limit `w` to the series of a page's patients (patient_no, collection_id, ...): by their
+    numbers, and by their collections as a constant list too, which DuckDB checks against the
+    statistics of the index's chunks and row groups (sorted by collection), so that little of
+    the index is read (a list of their PatientIDs as well made it slower)."""
+    if not page:
+        w.add("false")
+        return
+    collections = sorted({row[1] for row in page})
+    w.add(f"collection_id IN ({', '.join('?' * len(collections))})", *collections)
+    w.add("patient_no IN (SELECT unnest(?::BIGINT[]))", [row[0] for row in page])
 
 
 def _records(cursor) -> list[dict]:
