@@ -6,6 +6,7 @@ import gc
 import json
 import re
 import sqlite3
+import sys
 import threading
 import time
 
@@ -791,6 +792,33 @@ def test_202_on_deadline_resumes_the_same_work(demo_archive_dir, version, field,
         assert len(calls) == 1  # resubmitting picked up the running query; nothing restarted
 
 
+def test_a_page_by_key_past_the_deadline_is_a_202_that_resumes_it(small_archive):
+    """dicomMetadata pages are read by key: past the deadline (0 s here) the first is a 202,
+    and its token picks up the same read, whose rows then come once."""
+    with LiveServer(Archive(small_archive.root, query_deadline_s=0.0)) as live:
+        h = auth(live.user_token("keyed"))
+        keyset = live.commons.keyset
+        calls, original = [], keyset.ordered_page
+
+        def counted(*args):
+            calls.append(args)
+            time.sleep(0.3)  # (a slow read)
+            return original(*args)
+
+        keyset.ordered_page = counted
+        r = requests.get(f"{live.url}/v1/dicomMetadata", params={"page_size": 20}, headers=h)
+        assert r.status_code == 202 and "next_page token" in r.json()["message"], r.text
+        for _ in range(100):
+            r = requests.get(f"{live.url}/v1/dicomMetadata/nextPage", headers=h,
+                             params={"next_page": r.json()["next_page"], "page_size": 20})
+            if r.status_code == 200:
+                break
+            time.sleep(0.05)
+        body = r.json()
+        assert r.status_code == 200 and body["query_results"]["rowsReturned"] == 20, r.text
+        assert len(calls) == 1
+
+
 def test_the_first_page_of_a_large_answer_waits_for_none_of_the_rest(server):
     """The first page of 128k MR series of IDC's v25 led by their URL (a unique key there) is a
     top-k and a count (no result is materialised for it); the second is read from the result
@@ -915,15 +943,23 @@ def test_a_request_waiting_on_its_work_does_not_stall_the_others(server, monkeyp
     assert answers and answers[0].status_code == 200, answers and answers[0].text
 
 
-def test_a_warmed_server_takes_what_it_holds_out_of_the_collectors_reach(server):
+def test_a_warmed_server_takes_what_it_holds_out_of_the_collectors_reach(server, monkeypatch):
     """After warming up, the objects a server process holds for its life (~140k, which a full
     garbage collection walked in ~60 ms during some request) are frozen; what requests make
-    later is collected as usual."""
+    later is collected as usual. Only the process's first app freezes: another one made later
+    (as tests make them) freezes nothing of the first one's, which stays collectable."""
+    app_module = sys.modules[warm_up_and_settle.__module__]
+    assert app_module._settled.wait(120)  # (the server's own warm-up has frozen by now)
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
+    monkeypatch.setattr(app_module, "_settled", threading.Event())  # as in a new process
     warm_up_and_settle(server.commons)
-    assert gc.get_freeze_count() > 10_000
+    frozen = gc.get_freeze_count()
+    assert frozen > 10_000
     assert requests.get(f"{server.url}/v1/about").status_code == 200
+    later = [[] for _ in range(1000)]  # (objects the collector tracks)
+    warm_up_and_settle(server.commons)
+    assert gc.get_freeze_count() <= frozen and later  # none of them frozen
 
 
 def test_an_anonymous_next_page_of_a_materialised_result_is_served_on_the_event_loop(

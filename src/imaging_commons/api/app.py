@@ -22,11 +22,16 @@ from ..core.storage import storage_problem
 from . import auth, errors, security
 
 
+_settled = threading.Event()  # the process's objects were frozen (once: see below)
+
+
 def warm_up_and_settle(commons: Commons) -> None:
     """Warm the archive, then take every object the process holds by then out of the garbage
     collector's reach. A full collection walked all ~140k of them (the libraries' functions,
     types and modules, which live as long as the process) in ~60 ms, a pause that fell on
-    whichever request was running; frozen, a collection walks only what came since.
+    whichever request was running; frozen, a collection walks only what came since. Only the
+    first app of a process freezes: a frozen object is never collected, so an app made later
+    in the same process (tests make many) would keep every earlier one's garbage for good.
     An archive whose storage refuses the warm-up is said in one line: requests then answer
     503 with the same sentence."""
     try:
@@ -36,8 +41,10 @@ def warm_up_and_settle(commons: Commons) -> None:
         if problem is None:
             raise
         logging.getLogger("imaging_commons").error("cannot warm up the archive: %s", problem)
-    gc.collect()  # (garbage frozen with the rest would never be collected)
-    gc.freeze()
+    if not _settled.is_set():
+        gc.collect()  # (garbage frozen with the rest would never be collected)
+        gc.freeze()
+        _settled.set()
 
 
 def create_app(archive: Archive) -> FastAPI:

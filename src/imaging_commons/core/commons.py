@@ -277,14 +277,16 @@ class Commons:
     def page(self, state: dict, user: User | None, page_size: int,
              deadline_s: float | None) -> AnyPage:
         """One page of a paged request, as soon as its rows can be read. Raises Pending when
-        the query's first run has no rows to read by the deadline (at once, with a deadline of
-        0, for a keyset page, which is read when asked for).
+        the query's first run has no rows to read by the deadline, or a page made apart from a
+        result (below) is not made by then.
 
         dicomMetadata and instance-level manifests and queries are paged by key (keyset.py);
         the rest, series-level answers, from materialised results. Which one a manifest or
         query is, is worked out for its first page; a later page's state tells it (a key, or
         an offset alone), so a next page, which may be served on the event loop, asks nothing
-        of the engine to know it. The first page (up to TOP_K_MAX_ROWS rows) of a series-level
+        of the engine to know it. Pages not read from a materialised result are made in the
+        result store's page pool under the same deadline (see ResultStore.once), so that a
+        slow one is answered by a 202 whose token resumes the same work. The first page (up to TOP_K_MAX_ROWS rows) of a series-level
         answer led by a unique key (for IDC's series: the series UID, its CRDC GUID or URL; see
         rows_as_json) is a top-k and a count, without the rest of the rows: most callers read
         one page, and the whole result is materialised when the second is asked for. (Others
@@ -298,11 +300,12 @@ class Commons:
             if state.get("offset") and state.get("after") is None:
                 raise FilterError("This next_page token was made by an earlier release of the "
                                   "server: start the query again")
-            if deadline_s == 0:  # (never on the event loop: it is read when asked for)
-                raise Pending(compiled.key)
-            page = (self.keyset.ordered_page(compiled, state, state["version"], page_size)
-                    if ordered else self.keyset.top_page(compiled, state, page_size))
-            return dataclasses.replace(page, sql=echoed_sql(compiled))
+            page = self.results.once(
+                f"page {page_size} {json.dumps(state.get('after'))} {compiled.key}",
+                lambda: (self.keyset.ordered_page(compiled, state, state["version"], page_size)
+                         if ordered else self.keyset.top_page(compiled, state, page_size)),
+                deadline_s)
+            return dataclasses.replace(page, state=state, sql=echoed_sql(compiled))
         if (first and page_size <= TOP_K_MAX_ROWS and not self.results.holds(compiled.key)
                 and self.results.ranked(compiled)):
             rows, total = self.results.once(f"top {page_size} {compiled.key}",

@@ -274,6 +274,8 @@ class ResultStore:
         self.max_disk_bytes = max_disk_bytes
         self.spill_bytes = max_bytes // 8
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="query")
+        # (pages made by `once` are short reads: they do not queue behind materialisations)
+        self._page_pool = ThreadPoolExecutor(max_workers=2 * workers, thread_name_prefix="page")
         self._lock = threading.Lock()
         self._results: "OrderedDict[str, Result]" = OrderedDict()  # least recently used first
         self._once: "OrderedDict[str, Future]" = OrderedDict()  # (see once)
@@ -297,21 +299,26 @@ class ResultStore:
         return result
 
     def once(self, key: str, make: Callable[[], Any], deadline_s: float | None) -> Any:
-        """What `make` returns (a first page worked out apart from a result), made once per
-        key in this store's pool, as results are: waits at most `deadline_s` for it, and raises
-        Pending past it, after which the next ask waits for the same run. The last
-        `max_results` are kept; a run that failed is made again."""
+        """What `make` returns (a page made apart from a materialised result: by key, or a
+        top-k), made once per key in this store's page pool: waits at most `deadline_s` for
+        it and raises Pending past it, after which the next ask waits for the same run. A run
+        is forgotten once it has answered (a page is not kept: asked again, it is made again)
+        or failed; at most `max_results` unanswered ones are kept."""
         with self._lock:
             future = self._once.get(key)
             if future is None or (future.done() and future.exception() is not None):
-                future = self._once[key] = self._pool.submit(make)
+                future = self._once[key] = self._page_pool.submit(make)
                 while len(self._once) > self.max_results:
                     self._once.popitem(last=False)
             self._once.move_to_end(key)
         try:
-            return future.result(timeout=deadline_s)
+            value = future.result(timeout=deadline_s)
         except FutureTimeout:
             raise Pending(key) from None
+        with self._lock:
+            if self._once.get(key) is future:
+                del self._once[key]
+        return value
 
     def holds(self, key: str) -> bool:
         """Whether the query `key` names has a result here (made, or being made)."""
