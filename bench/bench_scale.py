@@ -331,29 +331,45 @@ def get_page(session: requests.Session, method: str, url: str, **kw) -> dict:
             "bytes": size}
 
 
-def middle_token(archive: Path, first_token: str) -> tuple[str, int]:
-    """A dicomMetadata token for the rows after the middle one (about: the median key of the
-    segments' granules, each GRANULE_ROWS rows), and the rows before it; made with the
-    archive's own token key from the state of the first page's token. Walking there by
-    tokens would send tens of GB of JSON (~2 KB a row)."""
+def middle_token(archive: Path, first_token: str, total: int,
+                 caller: str | None) -> tuple[str, int]:
+    """A token for the rows after about the middle one of a paged answer, made with the
+    archive's own token key from the state of its first page's token: walking there by tokens
+    would send tens of GB of JSON. The key there is the median of the granule keys (every
+    GRANULE_ROWS-th row's) of the files the answer is read in the order of: for dicomMetadata,
+    the segments (ITEM_ORDER; the rows before it are then known: half the granules); for a
+    manifest led by an instance key, the segments' key orders by it (about half the rows, if
+    the filter matches alike across the key's range). The token is `caller`'s, as the first
+    page's was. Returns the token and the rows before."""
     import pyarrow.parquet as pq
     from imaging_commons.core.catalog import ITEM_ORDER
     from imaging_commons.core.commons import Commons
-    from imaging_commons.core.keyset import _KEY, GRANULE_ROWS, granules_file
+    from imaging_commons.core.keyset import _KEY, GRANULE_ROWS, granules_file, key_order_file
+    from imaging_commons.core.query import leading_column
 
     commons = Commons(Archive.from_env(archive))
-    state = commons.tokens.open(first_token, USER)
+    state = commons.tokens.open(first_token, caller)
     catalog = commons.catalog
+    segments = catalog.ingested_segments_of(catalog.version(state["version"]).manifest)
+    if state["kind"] == "dicomMetadata":
+        files, columns, prefix = [catalog.segments_dir / s for s in segments], ITEM_ORDER, ""
+    else:
+        key, prefix = leading_column(commons.compile_state(state, None).tree)
+        files = [key_order_file(catalog.segments_dir / s, key) for s in segments]
+        columns = (key,)
     keys = []
-    for segment in catalog.ingested_segments_of(catalog.version(state["version"]).manifest):
-        table = pq.read_table(granules_file(catalog.segments_dir / segment), columns=list(ITEM_ORDER))
-        keys += zip(*(table[k].to_pylist() for k in ITEM_ORDER))
+    for path in files:
+        table = pq.read_table(granules_file(path), columns=list(columns))
+        keys += zip(*(table[k].to_pylist() for k in columns))
     keys.sort(key=_KEY)
     half = len(keys) // 2
-    token = commons.tokens.mint({**state, "after": list(keys[half]),
-                                 "offset": half * GRANULE_ROWS}, USER)
+    if state["kind"] == "dicomMetadata":
+        after, offset = list(keys[half]), half * GRANULE_ROWS
+    else:
+        after, offset = [prefix + keys[half][0]] + [None] * (len(state["fields"]) - 1), total // 2
+    token = commons.tokens.mint({**state, "after": after, "offset": offset}, caller)
     commons.accounts.close()
-    return token, half * GRANULE_ROWS
+    return token, offset
 
 
 class Pager:
@@ -452,7 +468,7 @@ def measure_server(archive: Path, port: int, known: dict, budget_s: float,
                "none (one page holds them all)" if page["seconds"] is None else
                f"{ms(page['seconds'])} ({PAGE:,} rows after SYNTHETIC instance {offset:,})")
         if not reached:
-            middle, offset = middle_token(archive, first["next_page"])
+            middle, offset = middle_token(archive, first["next_page"], first["total"], USER)
             t0 = time.perf_counter()
             dicom.by_token(middle, PAGE)
             figure("dicomMetadata page at the middle",
@@ -486,6 +502,14 @@ def measure_server(archive: Path, port: int, known: dict, budget_s: float,
                     f"{walked:.1f} s{how}")
             figure(f"manifest M{number}, {first['total']:,} rows",
                    f"first page {ms(first['seconds'])}, {deep}")
+            if not reached:
+                middle, offset = middle_token(archive, first["next_page"], first["total"],
+                                              None)
+                t0 = time.perf_counter()
+                manifests.by_token(middle, PAGE)
+                figure(f"manifest M{number} page at the middle",
+                       f"{ms(time.perf_counter() - t0)} (after about row {offset:,}; its token "
+                       f"made here, for the median key of its key orders' granules)")
 
         print("\nNBIA lists:")
         for what, path, params in (

@@ -6,6 +6,7 @@ answers from disk within a memory limit far below the data."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -202,6 +203,30 @@ def test_compaction_merges_the_segments_and_every_version_returns_the_same_rows(
     assert collections_of(Commons(archive), 6)[sop_uid_of(moved[2])] == ["samples"]
 
 
+def test_each_version_counts_its_instances_per_collection(grown):
+    """What dicomMetadata's totalFound is summed from: counted by each publish from its batch
+    (moves between collections included), and by a compaction for a version an earlier
+    release published without them."""
+    archive, _, _ = grown
+    commons = Commons(archive)
+
+    def counted(version: int) -> dict[str, int]:
+        return dict(query(commons, f"SELECT collection_id, count(*) FROM "
+                                   f"{commons.catalog.relation(version, 'items')} "
+                                   "WHERE level = 'instance' GROUP BY 1"))
+
+    versions = [v.version for v in commons.catalog.versions()]
+    assert len(versions) == 5 and counted(4)["elsewhere"] == 5
+    for version in versions:
+        assert commons.catalog.instance_counts(version) == counted(version), version
+    path = commons.catalog.versions_dir / "4.json"
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items()
+                                if k != "instances"}))
+    assert Commons(archive).catalog.instance_counts(4) is None
+    compact(Commons(archive).catalog, min_segments=99)
+    assert Commons(archive).catalog.instance_counts(4) == counted(4)
+
+
 def test_compaction_keeps_superseded_files_for_readers_until_the_grace_ends(grown):
     archive, _, _ = grown
     catalog = Commons(archive).catalog
@@ -345,45 +370,67 @@ def result_rows(commons: Commons, state: dict) -> list:
     return orjson.loads(b"".join(result.json_page(0, 1 << 30)))
 
 
+@pytest.mark.parametrize("read", ["in key order", "by top-k"])
 @pytest.mark.parametrize("fields", [
     ["SOPInstanceUID"],
+    ["CRDC_Instance_GUID", "GCS_URL"],  # a key behind the GUID's prefix
+    ["GCS_URL", "SOPInstanceUID"],  # URLs of IDC's series and of instances mixed
     ["Patient_ID", "SOPInstanceUID"],  # NULL patients among the instances
     ["Collection_ID", "SeriesInstanceUID", "CRDC_Instance_GUID", "GCS_URL"],
 ])
 def test_instance_manifest_pages_put_together_are_the_unpaged_rows(demo_archive_dir, tmp_path,
-                                                                   monkeypatch, fields):
-    """Instance-level manifests paged by key (the top-k path, here from the first instance row):
-    over IDC series rows (NULL instance columns, one row for many series: ties) and ingested
-    instance rows mixed, with a restricted collection the caller may not see."""
+                                                                   monkeypatch, fields, read):
+    """Instance-level manifests paged by key, from the first instance row on (segments read
+    in their copy in the leading key's order, or by a top-k): over IDC series rows (NULL
+    instance columns, one row for many series: ties) and ingested instance rows mixed, in
+    several segments, one without key orders (as an earlier release wrote it), instances moved
+    to another collection, a restricted collection the caller may not see; and after a
+    compaction that merges the segments and writes the missing key orders."""
     monkeypatch.setattr(keyset, "KEYSET_FROM_ROWS", 0)
     monkeypatch.setattr(keyset, "PAGE_MAX_ROWS", 17)  # page_size 1000 gets pages of 17
+    monkeypatch.setattr(keyset, "KEY_ORDER_FROM", 0 if read == "in key order" else float("inf"))
     archive = Archive(tmp_path / "archive", compact_every_s=0)
     shutil.copytree(demo_archive_dir, archive.root,
                     ignore=shutil.ignore_patterns("accounts.sqlite*", "tmp", ".nbia-v*.tmp-*"))
     catalog = Commons(archive).catalog
-    ingest(catalog, sample_batches(2)[1][:6], "secret", restricted=True)
+    batches = sample_batches(3)
+    ingest(catalog, batches[1][:6], "secret", restricted=True)
+    publish(catalog)
+    ingest(catalog, batches[2], "later")
+    publish(catalog)
+    for key in keyset.INSTANCE_KEYS:  # the last segment, as an earlier release wrote it
+        keyset.key_order_file(catalog.segments_dir / catalog.ingested_segments()[-1], key).unlink()
+    ingest(catalog, batches[1][6:] + batches[2][:3], "samples")  # three move to "samples"
     version = publish(catalog)
     commons = Commons(Archive(archive.root, compact_every_s=0))
     filters = {"collection_id": ["rider_breast_mri", "nlm_visible_human_project", "secret",
-                                 "pydicom_samples"]}
+                                 "samples", "later"]}
     state = {"kind": "manifest", "version": version, "filters": filters, "fields": fields,
              "offset": 0}
     assert commons.keyset.pages_instances(commons.compile_state(state, None), version)
     expected = result_rows(commons, state)
     assert len(expected) > 40 and len({tuple(r.values()) for r in expected}) == len(expected)
     assert any(r.get("SOPInstanceUID", "x") is None or r.get("CRDC_Instance_GUID", "x") is None
-               for r in expected) or fields == ["SOPInstanceUID"]
+               for r in expected) or fields[0] == "SOPInstanceUID"
     assert not any(r.get("Collection_ID") == "secret" for r in expected)
-    for size in (3, 1000):
-        rows, page_state, total = [], dict(state), None
+
+    def pages(commons: Commons, state: dict, size: int) -> list:
+        rows, page_state = [], dict(state)
         while page_state is not None:
             page = commons.page(page_state, None, size, None)
-            assert isinstance(page, keyset.KeysetPage)
-            total = page.total
+            assert isinstance(page, keyset.KeysetPage) and page.total == len(expected)
             rows += orjson.loads(b"".join(page.rows_json()))
             assert page.returned == min(size, 17, len(expected) - page.offset)
             page_state = page.next_state
-        assert rows == expected and total == len(expected), size
+        return rows
+
+    for size in (3, 1000):
+        assert pages(commons, state, size) == expected, size
+    assert compact(Commons(archive).catalog, min_segments=2, grace_s=0).into
+    merged = Commons(Archive(archive.root, compact_every_s=0))
+    assert all(keyset.key_order_file(merged.catalog.segments_dir / segment, key).exists()
+               for segment in merged.catalog.ingested_segments() for key in keyset.INSTANCE_KEYS)
+    assert pages(merged, state, 1000) == expected
 
 
 def test_a_manifest_of_urls_is_paged_by_key_only_where_instances_match(demo_archive_dir,

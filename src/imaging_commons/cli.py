@@ -170,7 +170,9 @@ def clinical_import(ctx, file, collection, source, patient_column):
 @click.pass_context
 def compact(ctx, min_segments, grace):
     """Merge the small segments that ingests added into one sorted segment (a server does this
-    in the background every IMAGING_COMMONS_COMPACT_EVERY seconds); no version changes."""
+    in the background every IMAGING_COMMONS_COMPACT_EVERY seconds); no version changes. Also
+    writes what an archive of an earlier release lacks: each segment's key orders and
+    granules, and each version's instance counts."""
     from .core.compaction import compact as run_compaction
 
     click.echo(run_compaction(_commons(ctx).catalog, min_segments=min_segments,

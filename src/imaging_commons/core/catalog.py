@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -390,14 +391,18 @@ class Catalog:
                 self._view_versions[view] = number
             return view
 
-    def segment_relation(self, number: int, file_name: str) -> str:
-        """Name of a view over one item segment's rows in a version (tombstones applied), with
+    def segment_relation(self, number: int, *file_names: str) -> str:
+        """Name of a view over the rows in a version of some of its item segments (or of a
+        segment's copy in another order; see keyset.py), tombstones applied, with
         `file_row_number`: what keyset pages read a segment from a row on through."""
-        view = f"items_v{number} {Path(file_name).stem}"
+        view = f"items_v{number} " + (  # (no dot: a query names the view as it is)
+            Path(file_names[0]).stem.replace(".", " ") if len(file_names) == 1
+            else hashlib.sha256("/".join(file_names).encode()).hexdigest())
         with self._lock:
             manifest = self.version(number).manifest
             if self._views.get(view) != self._manifests_generation:
-                sql = self.items_sql({**manifest, "items": [file_name]}, number, row_numbers=True)
+                sql = self.items_sql({**manifest, "items": list(file_names)}, number,
+                                     row_numbers=True)
                 self.connection().execute(f"CREATE OR REPLACE VIEW {_q(view)} AS {sql}")
                 self._views[view] = self._manifests_generation
             return view
@@ -413,6 +418,12 @@ class Catalog:
             return {}
         return {key: rank_column(key)
                 for key in self.version(number).manifest.get("unique_keys", [])}
+
+    def instance_counts(self, number: int) -> dict[str, int] | None:
+        """A version's instance rows per collection, as its publish counted them, without a
+        scan (None for a version an earlier release published, until a compaction counts
+        it)."""
+        return self.version(number).manifest.get("instances")
 
     def ingested_segments(self) -> list[str]:
         """The item segments of ingest (or of compaction) that any published version names."""

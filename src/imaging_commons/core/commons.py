@@ -300,9 +300,11 @@ class Commons:
             if state.get("offset") and state.get("after") is None:
                 raise FilterError("This next_page token was made by an earlier release of the "
                                   "server: start the query again")
+            total = self._instances_seen(user, state["version"]) if ordered else None
             page = self.results.once(
                 f"page {page_size} {json.dumps(state.get('after'))} {compiled.key}",
-                lambda: (self.keyset.ordered_page(compiled, state, state["version"], page_size)
+                lambda: (self.keyset.ordered_page(compiled, state, state["version"], page_size,
+                                                  total)
                          if ordered else self.keyset.top_page(compiled, state, page_size)),
                 deadline_s)
             return dataclasses.replace(page, state=state, sql=echoed_sql(compiled))
@@ -314,6 +316,15 @@ class Commons:
             return KeysetPage(rows, state, 0, total, None, echoed_sql(compiled), by_key=False)
         result = self.results.run(compiled, deadline_s)
         return Page(result, state, int(state.get("offset", 0)), page_size, echoed_sql(compiled))
+
+    def _instances_seen(self, user: User | None, version: int) -> int | None:
+        """The instance rows of a version the caller may see, from its per-collection counts
+        (None where the version has none)."""
+        counts = self.catalog.instance_counts(version)
+        if counts is None:
+            return None
+        hidden = self.hidden_collections(user, version)
+        return sum(n for collection, n in counts.items() if collection not in hidden)
 
     def _first_rows(self, compiled: Compiled, limit: int) -> tuple[list[bytes], int]:
         """A ranked answer's first `limit` rows and its count."""

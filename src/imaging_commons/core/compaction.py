@@ -4,7 +4,10 @@ Every publish appends a segment of its own, and a tombstone file when it replace
 (see catalog.py). Many small segments make every query open many files, and retired rows are
 filtered out at every query. Compaction merges the ingested segments smaller than
 `merge_below_rows` into one, in ITEM_ORDER, with each retired row's version range closed at the
-version before the one that retired it, so that the merged rows need no tombstone.
+version before the one that retired it, so that the merged rows need no tombstone. It also
+writes the indexes pages by key read (keyset.write_indexes) of any segment that lacks them
+(one written by an earlier release), and counts the instance rows of any version whose
+manifest lacks them.
 
 What a crash can never do is change what a published version returns:
 1. The merged segment is written (temporary name, fsync, rename) while nothing names it.
@@ -46,7 +49,7 @@ from .catalog import (
     copy_to_parquet,
     write_json_atomic,
 )
-from .keyset import GRANULES_SUFFIX, write_granules
+from .keyset import segment_of, write_indexes
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +86,14 @@ def compact(catalog: Catalog, min_segments: int = 4,
                              for f in v.manifest.get("retired", [])})
             path = catalog.new_segment_path(COMPACTED_PREFIX)
             copy_to_parquet(catalog.connection(), _merged_sql(catalog, small, folded), path)
-            write_granules(catalog, path)
+            write_indexes(catalog, path)
             if _swap(catalog, small, folded, path.name):
                 merged, into, rows = small, path.name, _rows(catalog, path.name)
             # (else the merged file is named by nothing, and the next sweep removes it)
+        for segment in catalog.ingested_segments():
+            if segment not in merged:  # (one written by an earlier release may lack some)
+                write_indexes(catalog, catalog.segments_dir / segment)
+        _count_instances(catalog)
         deleted = _sweep(catalog, grace_s)
     return Compaction(merged, into, rows, deleted)
 
@@ -149,6 +156,30 @@ def _swap(catalog: Catalog, merged: list[str], folded: list[str], into: str) -> 
             time.sleep(0.5)
 
 
+def _count_instances(catalog: Catalog) -> None:
+    """Give each version an earlier release published its instance rows per collection (what
+    a publish counts now; see Catalog.instance_counts): counted from its rows, then written
+    under the writer lock into the manifests that still lack them (skipped, for the next
+    compaction, while a writer is busy)."""
+    missing = [v.version for v in catalog.versions() if "instances" not in v.manifest]
+    if not missing:
+        return
+    con = catalog.connection()
+    counts = {number: dict(con.execute(
+        f'SELECT collection_id, count(*) FROM "{catalog.relation(number, "items")}" '
+        "WHERE level = 'instance' GROUP BY 1 ORDER BY 1").fetchall()) for number in missing}
+    try:
+        with catalog.writer_lock():
+            manifests = _manifests(catalog)
+            changed = {number: {**manifests[number], "instances": counts[number]}
+                       for number in missing if "instances" not in manifests[number]}
+            if changed:
+                catalog.replace_files(changed)
+    except CatalogError as e:
+        if str(e) != WRITER_BUSY:
+            raise
+
+
 def _manifests(catalog: Catalog) -> dict[int, dict]:
     return {v.version: v.manifest for v in catalog.versions()}
 
@@ -201,7 +232,7 @@ def _sweep(catalog: Catalog, grace_s: float) -> list[str]:
                                                       or generation < e["generation"])}
             deleted = []
             for entry in os.scandir(catalog.segments_dir):
-                segment = entry.name.replace(GRANULES_SUFFIX, ".parquet")  # (its index's)
+                segment = segment_of(entry.name)  # (an index's, its segment's)
                 if segment in named or segment in waiting or not entry.is_file():
                     continue
                 os.unlink(entry.path)

@@ -139,6 +139,7 @@ def import_idc(catalog: Catalog, progress=None) -> ImportSummary:
             "collections": [collections_path.name],
             "analysis_results": [analysis_path.name],
             "clinical": [],
+            "instances": {},  # (IDC's series are known at series level only)
         }, number=number, active=(number == last))
     counts = con.execute(
         f"SELECT count(*) FILTER (WHERE version_max IS NULL), "

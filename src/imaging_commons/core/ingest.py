@@ -55,7 +55,7 @@ from .catalog import (
     write_parquet_atomic,
 )
 from .dicom_rows import NotDicom, instance_row, read_header, warm_up
-from .keyset import write_granules
+from .keyset import write_indexes
 from .schema import SQL_TYPES
 from .search_index import IndexChange, build_search_index
 
@@ -756,17 +756,24 @@ def publish(catalog: Catalog, date_active: str | None = None) -> int:
 
     items, retired = list(previous.get("items", [])), list(previous.get("retired", []))
     touched: dict[str, set] = {"collection_id": set(), "analysis_result_id": set()}
+    # instance rows per collection: the previous version's, with the staged rows added and
+    # those they replace taken away (unknown while a version of an earlier release is active)
+    counts = dict(previous.get("instances", {}) if previous_number else {})
+    known = not previous_number or "instances" in previous
     if stage.get("items"):
         staged = f"read_parquet('{catalog.staging_dir / stage['items']}')"
         segment = catalog.new_segment_path(INGESTED_PREFIX)
         copy_to_parquet(con, f"""
             SELECT * REPLACE ({number}::BIGINT AS version_min, NULL::BIGINT AS version_max)
             FROM {staged} ORDER BY {', '.join(ITEM_ORDER)}""", segment)
-        write_granules(catalog, segment)
+        write_indexes(catalog, segment)
         items.append(segment.name)
         for key, values in touched.items():
             values.update(r[0] for r in con.execute(f"SELECT DISTINCT {key} FROM {staged}")
                           .fetchall() if r[0] is not None)
+        for collection, n in con.execute(f"SELECT collection_id, count(*) FROM {staged} "
+                                         "WHERE level = 'instance' GROUP BY 1").fetchall():
+            counts[collection] = counts.get(collection, 0) + n
         if previous_number:
             # the previous version's rows of the staged instances: retired in this one (among
             # those ingest looked up, when it read them from that version; see _stage_run)
@@ -777,6 +784,8 @@ def publish(catalog: Catalog, date_active: str | None = None) -> int:
             replaced = con.execute(f"""
                 SELECT SOPInstanceUID, collection_id, analysis_result_id FROM {rows}
                 WHERE SOPInstanceUID IN (SELECT SOPInstanceUID FROM {staged})""").to_arrow_table()
+            for collection in replaced["collection_id"].to_pylist():
+                counts[collection] = counts.get(collection, 0) - 1
             if replaced.num_rows:
                 tombstones = catalog.new_segment_path("retired")
                 write_parquet_atomic(pa.table({
@@ -803,6 +812,8 @@ def publish(catalog: Catalog, date_active: str | None = None) -> int:
         "clinical": clinical,
         "stage_id": stage["id"],
     }
+    if known:
+        manifest["instances"] = {c: n for c, n in sorted(counts.items()) if n}
     present = _present(catalog, previous_number, manifest, number, touched)
     manifest["collections"] = [_next_membership_table(
         catalog, previous.get("collections", []), stage.get("collections", {}),

@@ -88,6 +88,29 @@ def col(name: str, table: str | None = None) -> exp.Column:
     return exp.column(name, table=table, quoted=True)
 
 
+def leading_column(select: exp.Select,
+                   order: exp.Order | None = None) -> tuple[str, str] | None:
+    """The column that orders a query's rows as far as its first output goes, when its order
+    (`order`, else its own) starts with its first output, ascending, and that output is a
+    column of the relation it reads, as it is or behind a fixed text (as a GUID is, `dg.4DFC/`
+    || the UUID): (the column's name, that text). Else None."""
+    order = order if order is not None else select.args.get("order")
+    if order is None or select.args.get("joins") or not select.expressions:
+        return None
+    first = select.expressions[0]
+    leading = order.expressions[0]
+    if not (isinstance(leading.this, exp.Column) and leading.this.name == first.alias_or_name
+            and not leading.args.get("desc")):
+        return None
+    value, prefix = first.unalias(), ""
+    if (isinstance(value, exp.DPipe) and isinstance(value.this, exp.Literal)
+            and value.this.is_string):
+        value, prefix = value.expression, value.this.name
+    if isinstance(value, exp.Column) and not value.table:
+        return value.name, prefix
+    return None
+
+
 class _Params:
     def __init__(self):
         self.values: list = []

@@ -32,7 +32,7 @@ from sqlglot import exp
 
 from .cache import RecentlyUsed
 from .catalog import Catalog
-from .query import Compiled, col
+from .query import Compiled, col, leading_column
 from .schema import BY_NAME
 
 ROW_COLUMN = "row_json"
@@ -242,24 +242,14 @@ def json_row(columns: list[tuple[str, str]]) -> exp.Expression:
 
 def _leading_key_rank(select: exp.Select, order: exp.Order | None,
                       key_ranks: dict[str, str]) -> str | None:
-    """The rank column that orders this query's rows, when it selects from one relation and its
-    order starts with its first output, ascending, which is a unique key of that relation (as it
-    is or behind a fixed prefix, as a GUID is; the keys are text): that key orders the rows
-    alone, and no two rows can be alike."""
-    if not key_ranks or order is None or select.args.get("joins") or not select.expressions:
+    """The rank column that orders this query's rows, when its order starts with its first
+    output, which is a unique key of the relation it reads (as it is or behind a fixed prefix,
+    as a GUID is; the keys are text): that key orders the rows alone, and no two rows can be
+    alike."""
+    if not key_ranks:
         return None
-    first = select.expressions[0]
-    leading = order.expressions[0]
-    if not (isinstance(leading.this, exp.Column) and leading.this.name == first.alias_or_name
-            and not leading.args.get("desc")):
-        return None
-    value = first.unalias()
-    if (isinstance(value, exp.DPipe) and isinstance(value.this, exp.Literal)
-            and value.this.is_string):
-        value = value.expression
-    if isinstance(value, exp.Column) and not value.table:
-        return key_ranks.get(value.name)
-    return None
+    leading = leading_column(select, order)
+    return key_ranks.get(leading[0]) if leading else None
 
 
 class ResultStore:
