@@ -3,12 +3,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test bench bench-scale clean
+.PHONY: install serve test lint bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,postgres]'
+	$(PY) -m pip install --quiet -e '.[test,postgres,lint]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -18,6 +18,11 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# ruff (the rules are in pyproject.toml) and mypy with check_untyped_defs
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do [ $$b = bench/bench_scale.py ] || $(PY) $$b || exit 1; done

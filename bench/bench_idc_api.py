@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from imaging_commons.config import Archive  # noqa: E402
-from serving import idc_archive, running_server  # noqa: E402
 from imaging_commons.core.commons import MANIFEST_SELECTORS, Commons  # noqa: E402
+from serving import idc_archive, running_server  # noqa: E402
 
 FILTER_SETS = [
     ({"collection_id": ["NLST"], "Modality": ["CT"]}, ["SeriesInstanceUID", "GCS_URL"]),
@@ -107,7 +107,8 @@ def main() -> int:
         commons = Commons(Archive(archive))
         segments = [str(commons.catalog.segments_dir / name)
                     for name in commons.catalog.version(25).manifest["items"]]
-        first_page_queries = [raw_query(commons, filters, fields) for filters, fields in FILTER_SETS]
+        first_page_queries = [raw_query(commons, filters, fields)
+                              for filters, fields in FILTER_SETS]
         big_sql, big_params = raw_query(commons, cold(BIG[0]), BIG[1])
         con_catalog = commons.catalog.connection()
         uids = [r[0] for r in con_catalog.execute(
@@ -128,8 +129,9 @@ def main() -> int:
             print("\nfirst manifest page (page_size 1000), cold, HTTP vs raw DuckDB page+count:")
             ratios = []
             for (filters, fields), (sql, params) in zip(FILTER_SETS, first_page_queries):
-                raw_s, _ = timed(lambda: (con.execute(sql + " LIMIT 1000", params).fetchall(),
-                                          con.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()))
+                raw_s, _ = timed(lambda: (
+                    con.execute(sql + " LIMIT 1000", params).fetchall(),
+                    con.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()))
                 ours_s, body = timed(lambda: manifest(session, base, filters, fields, 1000))
                 ratios.append(ours_s / raw_s)
                 print(f"  {json.dumps(filters):60s} total {body['manifest']['totalFound']:>7}  "
@@ -185,7 +187,8 @@ def main() -> int:
             latencies = latencies_1000
             first, last = statistics.median(latencies[:5]), statistics.median(latencies[-5:])
             print(f"\nlast page vs first page (page_size 1000, nextPage, median of 5): "
-                  f"{last * 1000:.1f} ms vs {first * 1000:.1f} ms, ratio {last / first:.2f} (goal <= 2)")
+                  f"{last * 1000:.1f} ms vs {first * 1000:.1f} ms, "
+                  f"ratio {last / first:.2f} (goal <= 2)")
 
             if not args.skip_idc_index:
                 from idc_index import IDCClient

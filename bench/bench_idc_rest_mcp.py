@@ -16,7 +16,8 @@ exactly, so collection ids are given normalised and a `%` pattern as the collect
 matches. Each round adds to both sides' filters a value no series has, a new one each time, so
 neither server answers from a result it has kept (IDC-REST-MCP keeps none; ours materialises
 results); a lone `%` pattern of ours (matched by LIKE; a list is matched by IN) is made new by
-trailing `%`s instead. Without --archive the IDC catalogue is imported into a temporary archive first.
+trailing `%`s instead. Without --archive the IDC catalogue is imported into a temporary archive
+first.
 With no arguments at all (as `make bench` runs it) it prints "skipped: ..." and exits 0.
 """
 
@@ -32,9 +33,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 import requests

@@ -68,7 +68,8 @@ def main() -> int:
         con = duckdb.connect()
         index = Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH).parent / "idc_index.parquet"
         con.execute(f"CREATE TABLE idc AS SELECT collection_id, PatientID, Modality, "
-                    f"BodyPartExamined, StudyDate::VARCHAR AS StudyDate FROM read_parquet('{index}')")
+                    f"BodyPartExamined, StudyDate::VARCHAR AS StudyDate "
+                    f"FROM read_parquet('{index}')")
         with running_server(archive, args.port, "/nbia-api/services/getSpeciesTax") as base:
             session = requests.Session()
             url = base + SEARCH

@@ -26,13 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "bench")]
 
 import pydicom  # noqa: E402
-from conftest import SAMPLES, free_port  # noqa: E402
-from test_nbia_images import write_copies  # noqa: E402
 
+from conftest import SAMPLES, free_port  # noqa: E402
 from imaging_commons.config import Archive  # noqa: E402
 from imaging_commons.core.commons import Commons  # noqa: E402
 from imaging_commons.core.ingest import ingest, publish  # noqa: E402
 from serving import running_server  # noqa: E402
+from test_nbia_images import write_copies  # noqa: E402
 
 CHUNK = 1 << 20
 

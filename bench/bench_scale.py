@@ -42,9 +42,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import requests
 
@@ -344,6 +344,7 @@ def middle_token(archive: Path, first_token: str, total: int,
     the filter matches alike across the key's range). The token is `caller`'s, as the first
     page's was. Returns the token and the rows before."""
     import pyarrow.parquet as pq
+
     from imaging_commons.core.catalog import ITEM_ORDER
     from imaging_commons.core.commons import Commons
     from imaging_commons.core.keyset import _KEY, GRANULE_ROWS, granules_file, key_order_file

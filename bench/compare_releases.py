@@ -58,7 +58,8 @@ def main() -> int:
           f"{statistics.median(times['this']) * 1000:.1f} ms (medians)\n"
           f"  this / base: median {statistics.median(ratios):.3f}, this faster in "
           f"{faster} of {len(ratios)}, median difference "
-          f"{statistics.median(t - b for t, b in zip(times['this'], times['base'])) * 1000:+.1f} ms")
+          f"{statistics.median(t - b for t, b in zip(times['this'], times['base'])) * 1000:+.1f}"
+          " ms")
     print(f"\nreproduce: .venv/bin/python bench/compare_releases.py --archive {args.archive} "
           f"--base {args.base} --runs {args.runs} --page-size {args.page_size}")
     return 0

@@ -42,7 +42,7 @@ class LiveServer:
                                                      log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         self._thread.start()
         deadline = time.time() + 30
         while not self._server.started:

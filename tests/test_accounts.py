@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from argon2 import PasswordHasher
@@ -11,19 +11,26 @@ from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
 from conftest import postgres_schema_url
-
-from imaging_commons.core.accounts import (COHORT_DELETED, COHORT_NOT_FOUND, COHORT_NOT_OWNER,
-                                           OWNER, READER, AccountError, Accounts, Forbidden,
-                                           InvalidToken, NotFound)
+from imaging_commons.core.accounts import (
+    COHORT_DELETED,
+    COHORT_NOT_FOUND,
+    COHORT_NOT_OWNER,
+    OWNER,
+    READER,
+    AccountError,
+    Accounts,
+    Forbidden,
+    InvalidToken,
+    NotFound,
+)
 from imaging_commons.core.paging import InvalidPageToken, PageTokens, StateElsewhere
-
 
 
 class Clock:
     """A hand-driven clock so expiry is tested without sleeping."""
 
     def __init__(self):
-        self.now = datetime(2025, 1, 1, tzinfo=timezone.utc)
+        self.now = datetime(2025, 1, 1, tzinfo=UTC)
 
     def __call__(self) -> datetime:
         return self.now

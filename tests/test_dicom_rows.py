@@ -324,7 +324,7 @@ def test_bundled_seg_and_item_highdicom_refuses(tmp_path):
     ds = pydicom.dcmread(TEST_FILES / "liver_1frame.dcm")
     ds.SegmentSequence[0].SegmentAlgorithmType = "GUESSED"  # not an enumerated value
     with pytest.raises(ValueError):
-        hd.seg.SegmentDescription.from_dataset(ds.SegmentSequence[0]).algorithm_type
+        _ = hd.seg.SegmentDescription.from_dataset(ds.SegmentSequence[0]).algorithm_type
     ds.save_as(tmp_path / "odd.dcm")
     row = instance_row(read_header(tmp_path / "odd.dcm"))
     assert [row[c] for c in SEGMENT_COLUMNS] == ["1", "Tissue", "Liver", "GUESSED"]

@@ -10,9 +10,9 @@ from collections import Counter
 
 import pytest
 import schemathesis
-from conftest import SAMPLES, LiveServer
 from hypothesis import HealthCheck, Phase, given, settings
 
+from conftest import SAMPLES, LiveServer
 from imaging_commons.config import Archive
 from imaging_commons.core.commons import Commons
 from imaging_commons.core.demo import DEMO_COLLECTION

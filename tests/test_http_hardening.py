@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 from starlette.requests import Request
-from conftest import SAMPLES, LiveServer, free_port
-from test_nbia_images import write_copies
 
+from conftest import SAMPLES, LiveServer, free_port
 from imaging_commons.api.nbia import csv_chunks, manifest
 from imaging_commons.api.security import attachment
 from imaging_commons.config import Archive
@@ -27,6 +26,7 @@ from imaging_commons.core.commons import Commons
 from imaging_commons.core.demo import DEMO_COLLECTION
 from imaging_commons.core.ingest import ingest, publish
 from imaging_commons.core.zips import Member, iter_zip
+from test_nbia_images import write_copies
 
 SERVICES = "/nbia-api/services"
 TOKEN = "/nbia-api/oauth/token"
@@ -59,7 +59,7 @@ class ServerProcess:
                         str(archive.root), "serve", "--port", str(self.port)]
         self.log = ""
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         deadline = time.time() + 60
@@ -67,10 +67,10 @@ class ServerProcess:
             try:
                 requests.get(f"{self.base}/v1/about", timeout=5)
                 return self
-            except requests.ConnectionError:
+            except requests.ConnectionError as e:
                 if time.time() > deadline or self.proc.poll() is not None:
                     self.__exit__()
-                    raise RuntimeError(f"the server did not start: {self.log}")
+                    raise RuntimeError(f"the server did not start: {self.log}") from e
                 time.sleep(0.2)
 
     def __exit__(self, *exc) -> None:

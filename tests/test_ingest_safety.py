@@ -419,7 +419,7 @@ def test_a_second_writer_is_refused_while_one_holds_the_archive(tmp_path):
 def _raised(function, *args) -> BaseException | None:
     try:
         function(*args)
-    except BaseException as e:  # noqa: BLE001 - the test looks at whatever it was
+    except BaseException as e:
         return e
     return None
 

@@ -5,15 +5,9 @@ query; versions whose segments carry no ranks (those of ingest) sort by the valu
 from __future__ import annotations
 
 import orjson
-import pydicom
-from pydicom.uid import generate_uid
 
-from conftest import SAMPLES
-from imaging_commons.config import Archive
-from imaging_commons.core import catalog as catalog_module
 from imaging_commons.core.catalog import RANKED_KEYS
 from imaging_commons.core.commons import Commons
-from imaging_commons.core.ingest import ingest, publish
 from imaging_commons.core.results import RANK_COLUMN, rows_as_json
 
 # v26 of the demo is the IDC catalogue's series (one segment) plus pydicom's samples (another)

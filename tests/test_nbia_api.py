@@ -1,6 +1,6 @@
 """The NBIA metadata and search API, against a live server over the real IDC catalogue plus
 pydicom's sample files: through the real tcia_utils client, and by direct requests shaped
-like the seed's sample calls. Expected values are computed independently with DuckDB over
+like the sample calls of NBIA's guide. Expected values are computed independently with DuckDB over
 the idc-index-data Parquet files and the fixture archive's own instance rows."""
 
 from __future__ import annotations
@@ -268,7 +268,7 @@ def test_tcia_utils_shared_cart(nbia, api, truth):
     assert sorted(s["SeriesInstanceUID"] for s in nbia.getSharedCart(name)) == sorted(uids)
 
 
-# ----- advanced endpoints, shaped like the seed's sample calls -------------------------------
+# ----- advanced endpoints, shaped like the sample calls of NBIA's guide ----------------------
 def test_values_and_counts_seed_calls(api, truth):
     body_parts = requests.get(f"{api}/getBodyPartValuesAndCounts?Modality=PT").json()
     assert all(set(c) == {"criteria", "count"} and isinstance(c["count"], str) for c in body_parts)
@@ -419,7 +419,7 @@ def test_simple_search_every_criterion_type(api, truth):
     assert total(("CollectionCriteria", "4D-Lung"),
                  ("DateRangeCriteria", "01/01/1999", "12/31/1999")) == patients_where(
         truth, "collection_id = '4d_lung' AND StudyDate BETWEEN '1999-01-01' AND '1999-12-31'")
-    # the seed writes dd/mm/yyyy: read day-first when month-first is impossible
+    # NBIA's guide writes dd/mm/yyyy: read day-first when month-first is impossible
     assert total(("CollectionCriteria", "4D-Lung"),
                  ("DateRangeCriteria", "01/01/1999", "31/12/1999")) == patients_where(
         truth, "collection_id = '4d_lung' AND StudyDate BETWEEN '1999-01-01' AND '1999-12-31'")
@@ -444,7 +444,7 @@ def test_simple_search_every_criterion_type(api, truth):
 
 
 def test_simple_search_date_order_follows_the_api_version(api, truth):
-    """The advanced API reads the seed's dd/mm/yyyy, v4 the MM-DD-YYYY tcia_utils writes."""
+    """The advanced API reads the guide's dd/mm/yyyy, v4 the MM-DD-YYYY tcia_utils writes."""
     lung = "collection_id = '4d_lung' AND StudyDate BETWEEN ? AND ?"
     spring = patients_where(truth, lung, "1998-03-02", "1998-04-12")
     assert spring != patients_where(truth, lung, "1998-02-03", "1998-12-04")  # order matters

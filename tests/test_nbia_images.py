@@ -15,10 +15,10 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
-from conftest import SAMPLES, LiveServer
 from PIL import Image
 from pydicom.uid import generate_uid
 
+from conftest import SAMPLES, LiveServer
 from imaging_commons.config import Archive
 from imaging_commons.core.catalog import stable_pk
 from imaging_commons.core.commons import Commons

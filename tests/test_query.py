@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sqlglot
 import pytest
 import requests
+import sqlglot
 
 from conftest import LiveServer
 from imaging_commons.core.commons import Commons

@@ -16,8 +16,8 @@ import pytest
 
 from imaging_commons.config import Archive, _running
 from imaging_commons.core import results
-from imaging_commons.core.commons import Commons, Page
 from imaging_commons.core.cache import RecentlyUsed
+from imaging_commons.core.commons import Commons, Page
 from imaging_commons.core.results import ROW_COLUMN, Result, ResultStore
 
 

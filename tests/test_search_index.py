@@ -14,8 +14,13 @@ from imaging_commons.config import Archive
 from imaging_commons.core import search_index as index_module
 from imaging_commons.core.commons import Commons
 from imaging_commons.core.search import Criteria, Sort
-from imaging_commons.core.search_index import (INDEX_TABLES, SERIES_ORDER, build_search_index,
-                                               index_dir, read_index)
+from imaging_commons.core.search_index import (
+    INDEX_TABLES,
+    SERIES_ORDER,
+    build_search_index,
+    index_dir,
+    read_index,
+)
 
 INDEX_FILES = {*INDEX_TABLES, "chunks.json", "collections.parquet"}
 
@@ -244,8 +249,8 @@ def test_an_index_built_from_the_previous_one_is_the_index_built_whole(tmp_path,
     table by table and row by row, as an index built from all of the version's item rows; with
     chunks of 2 series, each collection is a chunk of its own, and the chunks of collections a
     publish left alone are the previous index's files."""
-    from test_segments import sample_batches
     from imaging_commons.core.ingest import ingest, publish, stage_clinical
+    from test_segments import sample_batches
 
     monkeypatch.setattr(index_module, "CHUNK_ROWS", chunk_rows)
     archive = Archive(tmp_path / "archive", compact_every_s=0)

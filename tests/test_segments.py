@@ -22,9 +22,9 @@ import requests
 
 from conftest import SAMPLES, LiveServer
 from imaging_commons.config import Archive
+from imaging_commons.core import keyset
 from imaging_commons.core.catalog import COMPACTED_PREFIX, INGESTED_PREFIX, ITEM_COLUMNS
 from imaging_commons.core.commons import Commons
-from imaging_commons.core import keyset
 from imaging_commons.core.compaction import compact
 from imaging_commons.core.ingest import ingest, publish
 from test_archive import SRC_DIR, _cli, files_under, query, sop_uid_of, tree_hashes
@@ -182,7 +182,7 @@ def test_compaction_merges_the_segments_and_every_version_returns_the_same_rows(
     assert len(done.merged) == 5 and done.into.startswith(COMPACTED_PREFIX)
     assert done.rows == sum(len(b) for b in batches) + 5 + 2
     found = manifests(archive)
-    for number, manifest in found.items():
+    for manifest in found.values():
         assert manifest["items"] == [done.into]
         assert manifest["retired"] == []  # folded into the merged rows' version ranges
     segments = set(os.listdir(archive.catalog_dir / "segments"))

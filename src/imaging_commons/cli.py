@@ -116,7 +116,8 @@ def import_idc_cmd(ctx):
 def ingest(ctx, paths, collection, restricted, publish_now, description, doi, license_short_name,
            species, cancer_type, program, tumor_location, no_progress):
     """Ingest DICOM files and folders into the staged next version."""
-    from .core.ingest import ingest as run_ingest, publish, writing
+    from .core.ingest import ingest as run_ingest
+    from .core.ingest import publish, writing
 
     meta = {"description": description, "doi": doi, "license_short_name": license_short_name,
             "species": species, "cancer_type": cancer_type, "program": program,

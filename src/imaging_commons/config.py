@@ -1,4 +1,5 @@
-"""Where an archive lives and how it is configured: one object every command and the server share."""
+"""Where an archive lives and how it is configured: one object every command and the server
+share."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ class Archive:
         self.root = Path(self.root).resolve()
 
     @classmethod
-    def from_env(cls, root: str | os.PathLike | None = None, **overrides) -> "Archive":
+    def from_env(cls, root: str | os.PathLike | None = None, **overrides) -> Archive:
         """The archive at `root` (else IMAGING_COMMONS_ARCHIVE, else ./archive), with the
         settings of TUNABLE_ENV taken from the environment where set."""
         root = root or os.environ.get(ARCHIVE_ENV) or "archive"

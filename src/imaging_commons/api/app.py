@@ -21,7 +21,6 @@ from ..core.compaction import Compactor
 from ..core.storage import storage_problem
 from . import auth, errors, security
 
-
 _settled = threading.Event()  # the process's objects were frozen (once: see below)
 
 
@@ -78,13 +77,17 @@ def create_app(archive: Archive) -> FastAPI:
     app.state.commons = Commons(archive)
     app.mount(security.SWAGGER_ASSETS_URL, StaticFiles(directory=security.SWAGGER_ASSETS),
               name="swagger-assets")
-    app.add_api_route("/docs", lambda: security.swagger_page(app.openapi_url, "Imaging Commons"),
+    app.add_api_route("/docs",
+                      lambda: security.swagger_page(app.openapi_url or "", "Imaging Commons"),
                       include_in_schema=False)
-    app.add_exception_handler(errors.ApiError, errors.api_error_handler)
+    # (Starlette types every handler as taking Exception; each of ours takes its own class)
+    app.add_exception_handler(errors.ApiError, errors.api_error_handler)  # type: ignore[arg-type]
     for fault in (OSError, duckdb.Error, SQLAlchemyError):
         app.add_exception_handler(fault, errors.storage_error_handler)
-    app.add_exception_handler(RequestValidationError, errors.validation_error_handler)
-    app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
+    app.add_exception_handler(RequestValidationError,
+                              errors.validation_error_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException,
+                              errors.http_error_handler)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, errors.unexpected_error_handler)
     app.include_router(auth.router)
     app.include_router(idc_v1.router)

@@ -1,6 +1,6 @@
 """IDC API v1 adapter: validates requests, calls the core, shapes IDC's wire format.
 
-Contract: shared/specs/idc-api-v1.md. Every JSON body carries `code` equal to the HTTP status;
+Contract: docs/specs/idc-api-v1.md. Every JSON body carries `code` equal to the HTTP status;
 paths are served with and without a trailing slash, and at the notebook's alternate paths.
 """
 
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -20,7 +21,8 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from ..core.accounts import AccountError, Forbidden, NotFound, User
 from ..core.catalog import CatalogError, normalise_collection_id
-from ..core.commons import MANIFEST_SELECTORS, AnyPage as Page
+from ..core.commons import MANIFEST_SELECTORS
+from ..core.commons import AnyPage as Page
 from ..core.paging import InvalidPageToken, StateElsewhere
 from ..core.query import FilterError
 from ..core.results import Pending
@@ -114,7 +116,7 @@ class PageResponse(Response):
         rows = itertools.chain([self.head], self.page.rows_json())  # waits for rows to come
         async for piece in iterate_in_threadpool(joined_slices(rows, self.slice_bytes)):
             yield piece
-        while not await run_in_threadpool(self.page.result.finished, self.keepalive_s):
+        while not await run_in_threadpool(self.page.finished, self.keepalive_s):
             yield b" "
         yield await run_in_threadpool(self._tail)
 
@@ -228,7 +230,7 @@ def version_number(request: Request, label: Any) -> int:
 
 
 def cohort_definition(request: Request, body: Any) -> dict:
-    """A cohort definition in either seed form: {name, description, filters} or
+    """A cohort definition in either documented form: {name, description, filters} or
     {name, description, filterSet: {idc_data_version, filters}}."""
     if not isinstance(body, dict):
         raise ApiError(400, "The cohort definition must be a JSON object")
@@ -398,15 +400,19 @@ def by_token(request: Request, user: User | None, token: str, page_size: int, ki
     return cohort_page(request, user, state, page_size, resumed(state), body)
 
 
-def continuation(request: Request, user: User | None, params: dict,
-                 next_of: Callable[[Request, User | None, str, int], JSONResponse]) -> JSONResponse:
+# the caller a next-page function takes: a user, or None where the endpoint allows anonymous use
+_Caller = TypeVar("_Caller", bound=User | None)
+
+
+def continuation(request: Request, user: _Caller, params: dict,
+                 next_of: Callable[[Request, _Caller, str, int], JSONResponse]) -> JSONResponse:
     """A request carrying a next_page token: every other parameter but page_size is ignored."""
     return next_of(request, user, params["next_page"],
                    parse_page_size(request, params.get("page_size")))
 
 
-def next_page_request(request: Request, user: User | None,
-                      next_of: Callable[[Request, User | None, str, int], JSONResponse]):
+def next_page_request(request: Request, user: _Caller,
+                      next_of: Callable[[Request, _Caller, str, int], JSONResponse]):
     """The nextPage endpoints: next_page required, page_size optional, nothing else."""
     params = strict_params(request, {"next_page", "page_size"}, "Invalid query parameter")
     if not params.get("next_page"):
@@ -448,7 +454,8 @@ def versions(request: Request):
         "date_active": v.date_active,
         "active": v.active,
         "data_sources": commons.data_sources(v.version),
-        # the seed's program objects; the catalogue knows programs by their short name only
+        # the program objects of IDC's documentation; the catalogue knows programs by their short
+        # name only
         "programs": [{"short_name": p, "name": p, "description": None}
                      for p in commons.programs(v.version)],
     } for v in commons.catalog.versions()]

@@ -1,4 +1,4 @@
-"""NBIA metadata and search endpoints: the advanced API of the seed and the versioned public
+"""NBIA metadata and search endpoints: the advanced API NBIA documents and the versioned public
 API (v1, v2, v4) that tcia_utils calls.
 
 Routes read their parameters (query string, plus form fields on POST), turn them into a
@@ -30,9 +30,20 @@ from starlette.exceptions import HTTPException
 from ..core.accounts import AccountError, User
 from ..core.catalog import normalise_collection_id, stable_pk
 from ..core.dicom_rows import is_uid
-from ..core.search import (SORT_FIELDS, AnswerTooLarge, CatalogSearch, Criteria, DrillDownStudy,
-                           PatientResult, Scope, SearchError, SearchPage, Sort, doi_url,
-                           patient_pk)
+from ..core.search import (
+    SORT_FIELDS,
+    AnswerTooLarge,
+    CatalogSearch,
+    Criteria,
+    DrillDownStudy,
+    PatientResult,
+    Scope,
+    SearchError,
+    SearchPage,
+    Sort,
+    doi_url,
+    patient_pk,
+)
 from .auth import nbia_user
 from .errors import ApiError
 from .security import attachment
@@ -135,7 +146,7 @@ def taking(*allowed: str) -> Callable:
             pairs += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
         return Params(pairs, api_version(request))
 
-    read.allowed = names
+    read.allowed = names  # type: ignore[attr-defined]  # read by the OpenAPI description
     return read
 
 
@@ -234,7 +245,7 @@ def epoch_millis(iso: str | None) -> int | None:
         day = dt.date.fromisoformat(iso)
     except ValueError:
         return None
-    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 # ----- criteria ------------------------------------------------------------------------------
@@ -245,8 +256,9 @@ def _value(target: str) -> Callable[[Criteria, Params, int], None]:
 
 
 def _date_range(criteria: Criteria, params: Params, i: int) -> None:
-    # The advanced API reads the seed's dd/mm/yyyy (as NBIA's own parser does), v4 MM-DD-YYYY;
-    # each falls back to the other order when its own reading of a date is impossible.
+    # The advanced API reads dd/mm/yyyy, as NBIA's guide writes dates and its own parser
+    # reads them; v4 reads MM-DD-YYYY; each falls back to the other order when its own
+    # reading of a date is impossible.
     formats, example = ((MONTH_FIRST + DAY_FIRST, "01-31-2024") if params.version == 4
                         else (DAY_FIRST + MONTH_FIRST, "31/01/2024"))
     first = parse_date(f"fromDate{i}", params.required(f"fromDate{i}"), formats, example)
@@ -303,13 +315,13 @@ def search_criteria(params: Params) -> Criteria:
     Collection/Modality/BodyPartExamined/... filters. Unknown criterion types are ignored
     (tcia_utils sends `Criteria.DateRange`)."""
     criteria = series_filters(params)
-    for i in itertools.count():
-        kind = params.get(f"criteriaType{i}")
-        if kind is None:
-            return criteria
+    i = 0
+    while (kind := params.get(f"criteriaType{i}")) is not None:
         add = CRITERIA_TYPES.get(kind.lower())
         if add is not None:
             add(criteria, params, i)
+        i += 1
+    return criteria
 
 
 def series_filters(params: Params) -> Criteria:
@@ -382,7 +394,8 @@ def _field_as_text(key: str) -> Callable[[dict, Wire], object]:
 
 def _collection_fact(fact: Callable) -> Callable[[dict, Wire], object]:
     def value(record: dict, wire: Wire):
-        info = wire.scope.collection(record.get("collection_id"))
+        cid = record.get("collection_id")
+        info = wire.scope.collection(cid) if cid else None
         return fact(info) if info else None
     return value
 
@@ -901,7 +914,8 @@ def manifest_from_patient_study_series(
         raise ApiError(400, "A parameter, patientIDs, studyUIDs or seriesUIDs, is required for "
                             "this API call.")
     match_all = (params.get("anyOrAll") or "any").lower() == "all"
-    uids = search.series_for_levels(scope, *levels, match_all=match_all)
+    patients, studies, series = levels
+    uids = search.series_for_levels(scope, patients, studies, series, match_all=match_all)
     return manifest(request, uids, annotation_flag(params, default=True))
 
 

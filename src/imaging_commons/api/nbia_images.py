@@ -12,19 +12,24 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import (FileResponse, JSONResponse, PlainTextResponse, Response,
-                               StreamingResponse)
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 
 from ..core import downloads
 from ..core.accounts import User
 from ..core.downloads import Level
 from ..core.imaging import ImageUnavailable, dicom_tags, render_thumbnail
 from ..core.zips import Member, iter_zip
+from . import nbia
 from .auth import nbia_user
 from .errors import ApiError
-from .security import attachment
-from . import nbia
 from .nbia import Params, taking
+from .security import attachment
 
 router = APIRouter(tags=["NBIA images"])
 
@@ -213,7 +218,7 @@ def get_md5_hierarchy(request: Request, user: User = Depends(nbia_user),
 
     It is the md5 of the files' md5 hex digests sorted and joined by newlines, so it changes
     exactly when a file below changes. Give one level; Collection may also narrow PatientID."""
-    given = {name: params.get(name) for name in HIERARCHY_PARAMETERS if params.get(name)}
+    given = {name: value for name in HIERARCHY_PARAMETERS if (value := params.get(name))}
     if len(given) != 1 and given.keys() != {"PatientID", "Collection"}:
         raise ApiError(400, "Give exactly one of SeriesInstanceUID, StudyInstanceUID, "
                             "PatientID or Collection (Collection may also narrow PatientID).")

@@ -8,8 +8,8 @@ import logging
 import threading
 import urllib.parse
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # fastapi-offline is here for the Swagger UI release it bundles (script, style sheet, icon)
 import fastapi_offline

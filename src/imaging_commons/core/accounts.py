@@ -11,12 +11,24 @@ import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import (JSON, DateTime, ForeignKey, String, Text, create_engine, delete, event,
-                        or_, select, update)
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -101,12 +113,12 @@ class _UTCDateTime(TypeDecorator):
     cache_ok = True
 
     def process_bind_param(self, value, dialect):
-        return None if value is None else value.astimezone(timezone.utc)
+        return None if value is None else value.astimezone(UTC)
 
     def process_result_value(self, value, dialect):
         if value is None:
             return None
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 class _Base(DeclarativeBase):
@@ -188,12 +200,18 @@ class _PageStateRow(_Base):
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _digest(token: str) -> str:
     # surrogatepass: any str a client can send hashes instead of raising UnicodeEncodeError.
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _rows_changed(session, statement) -> int:
+    """Rows an UPDATE or DELETE changed."""
+    result: CursorResult = session.execute(statement)  # (what a DML statement answers)
+    return result.rowcount
 
 
 def _user(row: _UserRow) -> User:
@@ -297,7 +315,7 @@ class Accounts:
     def delete_user(self, username: str) -> bool:
         """Removes the user with their tokens, grants and cohorts; their shared lists stay."""
         with self._session.begin() as s:
-            return s.execute(delete(_UserRow).where(_UserRow.username == username)).rowcount > 0
+            return _rows_changed(s, delete(_UserRow).where(_UserRow.username == username)) > 0
 
     def guest_user(self) -> User:
         """The shared anonymous NBIA account, created on first use."""
@@ -312,7 +330,10 @@ class Accounts:
                 s.flush()
                 return _user(row)
         except IntegrityError:  # another process created it between our read and insert
-            return self.get_user(GUEST_USERNAME)
+            guest = self.get_user(GUEST_USERNAME)
+            if guest is None:
+                raise
+            return guest
 
     def authenticate(self, username: str, password: str) -> User | None:
         """The guest needs no password (and its shared last_login is not worth a write)."""
@@ -322,7 +343,8 @@ class Accounts:
             return None
         with self._session.begin() as s:
             row = s.scalar(select(_UserRow).where(_UserRow.username == username))
-            if not self._verify(row.password_hash if row else self._dummy_hash, password) or not row:
+            stored = row.password_hash if row else self._dummy_hash
+            if not self._verify(stored, password) or not row:
                 return None
             if self._hasher.check_needs_rehash(row.password_hash):
                 row.password_hash = self._hasher.hash(password)
@@ -343,16 +365,19 @@ class Accounts:
 
     def user_for_token(self, token: str) -> User:
         with self._session.begin() as s:
-            return _user(s.get(_UserRow, self._live(s, token, ACCESS).user_id))
+            row = s.get(_UserRow, self._live(s, token, ACCESS).user_id)
+            if row is None:  # (tokens go with their user; one removed meanwhile)
+                raise InvalidToken("no such user")
+            return _user(row)
 
     def refresh(self, refresh_token: str) -> TokenPair:
         """Rotates the pair. The conditional UPDATE makes the refresh token single-use even when
         two requests present it at once: only one of them flips `revoked`."""
         with self._session.begin() as s:
             row = self._live(s, refresh_token, REFRESH)
-            claimed = s.execute(update(_TokenRow)
-                                .where(_TokenRow.id == row.id, _TokenRow.revoked.is_(False))
-                                .values(revoked=True)).rowcount
+            claimed = _rows_changed(s, update(_TokenRow)
+                                    .where(_TokenRow.id == row.id, _TokenRow.revoked.is_(False))
+                                    .values(revoked=True))
             if not claimed:
                 raise InvalidToken("revoked")
             if row.access_id is not None:
@@ -373,8 +398,8 @@ class Accounts:
     def purge_expired_tokens(self) -> int:
         """Keeps the token table from growing forever; returns how many rows went."""
         with self._session.begin() as s:
-            return s.execute(delete(_TokenRow)
-                             .where(_TokenRow.expires_at <= self._clock())).rowcount
+            return _rows_changed(s, delete(_TokenRow)
+                                 .where(_TokenRow.expires_at <= self._clock()))
 
     def _issue(self, s, user_id: int) -> TokenPair:
         now, access, refresh = self._clock(), secrets.token_urlsafe(32), secrets.token_urlsafe(32)
@@ -417,9 +442,9 @@ class Accounts:
     def revoke_grant(self, username: str, collection_id: str) -> bool:
         with self._session.begin() as s:
             user_id = _require_user(s, username).id
-            return s.execute(delete(_GrantRow).where(
+            return _rows_changed(s, delete(_GrantRow).where(
                 _GrantRow.user_id == user_id,
-                _GrantRow.collection_id == collection_id.lower())).rowcount > 0
+                _GrantRow.collection_id == collection_id.lower())) > 0
 
     def granted_collections(self, user: User) -> frozenset[str]:
         """Empty for the guest, since grant() refuses it."""

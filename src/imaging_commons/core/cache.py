@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 
 class RecentlyUsed:
@@ -13,10 +14,10 @@ class RecentlyUsed:
 
     def __init__(self, size: int):
         self._size = size
-        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: str, make: Callable[[], Any]) -> Any:
+    def get(self, key: Hashable, make: Callable[[], Any]) -> Any:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)

@@ -23,10 +23,10 @@ import re
 import shutil
 import threading
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import duckdb
 import pyarrow as pa
@@ -159,6 +159,14 @@ def sync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def one_row(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple:
+    """The row of a query that answers exactly one (an aggregate without GROUP BY)."""
+    row = con.execute(sql, params or []).fetchone()
+    if row is None:
+        raise CatalogError(f"expected a row from: {sql[:200]}")
+    return row
 
 
 def parquet_scan(path: Path, extra: str = "") -> str:

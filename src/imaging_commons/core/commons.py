@@ -9,19 +9,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterator
 
 from sqlglot import exp
 
 from ..config import Archive
 from .accounts import Accounts, User
+from .cache import RecentlyUsed
 from .catalog import Catalog, CatalogError
 from .keyset import KeysetPage, KeysetPages
 from .paging import PageTokens
 from .query import Compiled, FilterError, attributes, col, compile_select
-from .cache import RecentlyUsed
 from .results import Pending, Result, ResultStore
 from .schema import CONTINUOUS_NUMERIC, DICOM_METADATA_COLUMNS
 from .sign_ins import SignInThrottle
@@ -34,9 +34,12 @@ TOP_K_MAX_ROWS = 10_000
 
 # IDC manifest column selectors, in the order rows are sorted by
 MANIFEST_SELECTORS: dict[str, exp.Expression] = {
-    "CRDC_Study_GUID": exp.DPipe(this=exp.Literal.string(GUID_PREFIX), expression=col("crdc_study_uuid")),
-    "CRDC_Series_GUID": exp.DPipe(this=exp.Literal.string(GUID_PREFIX), expression=col("crdc_series_uuid")),
-    "CRDC_Instance_GUID": exp.DPipe(this=exp.Literal.string(GUID_PREFIX), expression=col("crdc_instance_uuid")),
+    "CRDC_Study_GUID": exp.DPipe(this=exp.Literal.string(GUID_PREFIX),
+                                 expression=col("crdc_study_uuid")),
+    "CRDC_Series_GUID": exp.DPipe(this=exp.Literal.string(GUID_PREFIX),
+                                  expression=col("crdc_series_uuid")),
+    "CRDC_Instance_GUID": exp.DPipe(this=exp.Literal.string(GUID_PREFIX),
+                                    expression=col("crdc_instance_uuid")),
     "GCS_URL": col("gcs_url"),
     "Collection_ID": col("collection_id"),
     "Patient_ID": col("PatientID"),
@@ -66,6 +69,10 @@ class Page:
     @property
     def complete(self) -> bool:
         return self.result.complete
+
+    def finished(self, timeout: float | None) -> bool:
+        """Waits up to `timeout` seconds for the whole result; whether it is complete."""
+        return self.result.finished(timeout)
 
     def rows_json(self) -> Iterator[bytes | memoryview]:
         """The page's rows as a JSON array, in pieces."""
@@ -194,11 +201,12 @@ class Commons:
                 names = [d[0] for d in con.execute(f"SELECT * FROM {rel} LIMIT 0").description]
                 counts = con.execute(
                     "SELECT " + ", ".join(f'count("{n}")' for n in names) + f" FROM {rel}"
-                ).fetchone()
+                ).fetchone() or ()
                 self._attr_cache[version] = {n for n, c in zip(names, counts) if c}
             return self._attr_cache[version]
 
-    def attribute_registry(self, version: int, data_source: str | None = None) -> dict[str, list[dict]]:
+    def attribute_registry(self, version: int,
+                           data_source: str | None = None) -> dict[str, list[dict]]:
         """data source name -> attributes (name, data_type, units), range-suffixed names included
         for continuous ones."""
         populated = self.populated_columns(version)
@@ -217,8 +225,9 @@ class Commons:
 
     def data_sources(self, version: int) -> list[dict]:
         sources = [{"name": "dicom_pivot", "data_type": "Image Data"}]
-        sources += [{"name": f"clinical.{c['source']}", "data_type": "Clinical, Biospecimen, "
-                     "and Mutation Data"} for c in self.catalog.version(version).manifest.get("clinical", [])]
+        clinical = self.catalog.version(version).manifest.get("clinical", [])
+        sources += [{"name": f"clinical.{c['source']}",
+                     "data_type": "Clinical, Biospecimen, and Mutation Data"} for c in clinical]
         return sources
 
     def programs(self, version: int) -> list[str]:
@@ -242,14 +251,16 @@ class Commons:
         version = state["version"]
         kind = state["kind"]
         if kind == "manifest":
-            outputs = [(name, MANIFEST_SELECTORS[name]) for name in state["fields"]]
+            outputs: list[tuple[str, exp.Expression]] = [
+                (name, MANIFEST_SELECTORS[name]) for name in state["fields"]]
             return compile_select(self.catalog, version, state["filters"], outputs, hidden)
         if kind == "query":
             return compile_select(self.catalog, version, state["filters"],
                                   self.query_outputs(version, state["fields"]), hidden)
         if kind == "dicomMetadata":
-            outputs = [(c, col(c)) for c in DICOM_METADATA_ORDER] + [
-                (c, col(c)) for c in DICOM_METADATA_COLUMNS if c not in DICOM_METADATA_ORDER]
+            names = [*DICOM_METADATA_ORDER,
+                     *(c for c in DICOM_METADATA_COLUMNS if c not in DICOM_METADATA_ORDER)]
+            outputs = [(c, col(c)) for c in names]
             return compile_select(self.catalog, version, {}, outputs, hidden, distinct=False,
                                   extra_where=exp.EQ(this=col("level"),
                                                      expression=exp.Literal.string("instance")))
@@ -261,7 +272,7 @@ class Commons:
         unknown = [f for f in fields if f.lower() not in by_lower and f not in UID_FIELDS]
         if unknown:
             raise FilterError(f"Invalid field(s): {', '.join(unknown)}", unknown)
-        outputs = []
+        outputs: list[tuple[str, exp.Expression]] = []
         for f in fields:
             attr = by_lower.get(f.lower())
             if attr is None or attr.table is None:
@@ -286,12 +297,12 @@ class Commons:
         an offset alone), so a next page, which may be served on the event loop, asks nothing
         of the engine to know it. Pages not read from a materialised result are made in the
         result store's page pool under the same deadline (see ResultStore.once), so that a
-        slow one is answered by a 202 whose token resumes the same work. The first page (up to TOP_K_MAX_ROWS rows) of a series-level
-        answer led by a unique key (for IDC's series: the series UID, its CRDC GUID or URL; see
-        rows_as_json) is a top-k and a count, without the rest of the rows: most callers read
-        one page, and the whole result is materialised when the second is asked for. (Others
-        are materialised at once: a count of distinct rows costs about what their
-        materialisation does.)"""
+        slow one is answered by a 202 whose token resumes the same work. The first page (up to
+        TOP_K_MAX_ROWS rows) of a series-level answer led by a unique key (for IDC's series:
+        the series UID, its CRDC GUID or URL; see rows_as_json) is a top-k and a count, without
+        the rest of the rows: most callers read one page, and the whole result is materialised
+        when the second is asked for. (Others are materialised at once: a count of distinct
+        rows costs about what their materialisation does.)"""
         compiled = self.compile_state(state, user)
         ordered = state["kind"] == "dicomMetadata"
         first = not state.get("offset")
@@ -340,4 +351,5 @@ def echoed_sql(compiled: Compiled) -> str:
     return sql
 
 
-__all__ = ["AnyPage", "Commons", "Page", "Pending", "FilterError", "CatalogError", "MANIFEST_SELECTORS"]
+__all__ = ["AnyPage", "Commons", "Page", "Pending", "FilterError", "CatalogError",
+           "MANIFEST_SELECTORS"]

@@ -33,10 +33,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow.parquet as pq
 
@@ -211,7 +211,7 @@ def _finish_interrupted(catalog: Catalog) -> None:
 
 def _named(manifests: dict[int, dict]) -> set[str]:
     """Every file the manifests name."""
-    names = set()
+    names: set[str] = set()
     for manifest in manifests.values():
         for kind in ("items", "retired", "collections", "analysis_results"):
             names.update(manifest.get(kind) or [])

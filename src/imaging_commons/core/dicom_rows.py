@@ -15,7 +15,7 @@ import os
 import re
 import struct
 from os import PathLike
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import highdicom as hd
 import pydicom
@@ -78,7 +78,7 @@ _UID_COLUMNS = tuple(name for name in DICOM_COLUMNS if name.endswith("UID"))
 # Text identifiers and their longest value (PatientID is LO: 64; Modality is CS: 16).
 _TEXT_IDENTIFIERS = {"PatientID": 64, "Modality": 16}
 _CONTROL_OR_BACKSLASH = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")
-_SR_CLASSES = {
+_SR_CLASSES: dict[str, Any] = {
     EnhancedSRStorage: hd.sr.EnhancedSR,
     ComprehensiveSRStorage: hd.sr.ComprehensiveSR,
     Comprehensive3DSRStorage: hd.sr.Comprehensive3DSR,
@@ -91,7 +91,11 @@ class NotDicom(Exception):
     """The file cannot give a catalogue row; ``str()`` is a one-line reason for the skip log."""
 
 
-def read_header(source: str | PathLike | bytes | BinaryIO) -> pydicom.Dataset:
+# a binary file object: an open file, BytesIO, or a raw reader such as ingest's
+_Binary = BinaryIO | io.RawIOBase
+
+
+def read_header(source: str | PathLike | bytes | _Binary) -> pydicom.Dataset:
     """Read a file's header (no pixel data), refusing what cannot become a catalogue row.
     ``source`` is the file's path, its whole content already in memory, or a binary file
     object positioned anywhere in it (what ingest passes: small files are read once, for the
@@ -110,12 +114,13 @@ def read_header(source: str | PathLike | bytes | BinaryIO) -> pydicom.Dataset:
     tells a headerless dataset from text or binary that happens to parse.
     """
     if isinstance(source, (str, PathLike)):
-        with open(source, "rb") as fp:
-            return read_header(fp)
+        with open(source, "rb") as f:
+            return read_header(f)
     fp = io.BytesIO(source) if isinstance(source, bytes) else source
     size = fp.seek(0, os.SEEK_END)
     fp.seek(0)
     forced = False
+    ds: pydicom.Dataset
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
     except InvalidDicomError:
@@ -133,7 +138,7 @@ def read_header(source: str | PathLike | bytes | BinaryIO) -> pydicom.Dataset:
     return ds
 
 
-def _forced_read(fp: BinaryIO) -> pydicom.Dataset:
+def _forced_read(fp: _Binary) -> pydicom.Dataset:
     """Read a file lacking the DICM prefix as a bare dataset, if pydicom can at all.
 
     defer_size keeps a forced read of a large non-DICOM file from loading bogus huge values.
@@ -154,7 +159,7 @@ def is_uid(value: object) -> bool:
     return len(text) <= 64 and _UID.fullmatch(text) is not None
 
 
-def _truncation(ds: pydicom.Dataset, fp: BinaryIO, size: int) -> str | None:
+def _truncation(ds: pydicom.Dataset, fp: _Binary, size: int) -> str | None:
     """Why the parsed data does not end where the file does, if it does not.
 
     pydicom reads truncated files silently: a short last value, a dropped partial element
@@ -170,7 +175,7 @@ def _truncation(ds: pydicom.Dataset, fp: BinaryIO, size: int) -> str | None:
             if _element_end(fp, *ds.original_encoding) > size:
                 return "pixel data ends past the end of the file"
             return None
-        last = ds.get_item(next(reversed(ds.keys()))) if len(ds) else None
+        last = ds.get_item(next(reversed(ds.keys()))) if len(ds) else None  # type: ignore[call-overload]  # keys of a dict: reversible
         if (isinstance(last, RawDataElement) and last.length != _UNDEFINED_LENGTH
                 and last.value_tell + last.length != size):
             return f"element {last.tag} cut short at the end of the file"
@@ -179,7 +184,7 @@ def _truncation(ds: pydicom.Dataset, fp: BinaryIO, size: int) -> str | None:
         return str(exc)
 
 
-def _element_end(fp: BinaryIO, implicit_vr: bool, little_endian: bool) -> int:
+def _element_end(fp: _Binary, implicit_vr: bool, little_endian: bool) -> int:
     """File offset just past the pixel data element at ``fp``, by seeking, not reading it.
 
     Pixel data VRs (OB/OW/OF/OD) have 4-byte lengths. Like pydicom, an explicit-VR file whose
@@ -204,7 +209,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def instance_row(ds: pydicom.Dataset) -> dict[str, object]:
+def instance_row(ds: pydicom.Dataset) -> dict[str, Any]:
     """The DICOM-derived columns (DICOM_COLUMNS) of ``ds``, typed per the schema.
 
     Absent, empty or unreadable values are None, except list columns, which are [] as in
@@ -275,7 +280,7 @@ def _tag(keyword: str) -> BaseTag:
     return Tag(keyword)
 
 
-def _get(ds, keyword: str) -> object:
+def _get(ds, keyword: str) -> Any:
     """The element's value, or None if absent or if pydicom cannot convert it. Looked up by
     tag: ingest reads ~40 keywords per file, most absent, and pydicom's keyword access
     (attribute lookup, keyword table) costs more than the check itself. Plain ASCII text is
@@ -332,8 +337,8 @@ def _plain_text(element: RawDataElement) -> str | int | list | None:
     text = value.decode("ascii")
     if vr in _SINGLE_VRS:
         return text.rstrip(_PADDING)
-    parts = (text.rstrip(_PADDING).split("\\") if vr in _STRING_VRS
-             else [part.rstrip(_PADDING) for part in text.split("\\")])
+    parts: list = (text.rstrip(_PADDING).split("\\") if vr in _STRING_VRS
+                   else [part.rstrip(_PADDING) for part in text.split("\\")])
     if vr == "IS":
         parts = [_integer(part) for part in parts]
     return parts[0] if len(parts) == 1 else parts
@@ -347,7 +352,7 @@ def _integer(text: str) -> int | str:
     return int(number) if number.is_integer() else text
 
 
-def _convert(value: object, sql_type: str) -> object:
+def _convert(value: object, sql_type: str) -> Any:
     """Coerce a pydicom value to the Python type of ``sql_type``; None if impossible.
 
     Multi-valued numbers keep their first value (a DS/IS column holds one number); other
@@ -464,7 +469,7 @@ def _measurement_columns(ds: pydicom.Dataset) -> dict[str, object]:
                   *report.get_image_measurement_groups()]
         items = [(item.name.meaning, item.value)
                  for group in groups for item in group.get_measurements()]
-        items += [(item.name.meaning, item.value.meaning)
+        items += [(item.name.meaning, item.value.meaning)  # type: ignore[union-attr]
                   for group in groups for item in group.get_qualitative_evaluations()]
     except Exception:
         return {}

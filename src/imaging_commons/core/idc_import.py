@@ -11,8 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .catalog import (ITEM_ORDER, RANKED_KEYS, Catalog, CatalogError, _q, copy_to_parquet,
-                      items_select, rank_column)
+from .catalog import (
+    ITEM_ORDER,
+    RANKED_KEYS,
+    Catalog,
+    CatalogError,
+    _q,
+    copy_to_parquet,
+    items_select,
+    one_row,
+    rank_column,
+)
 from .search_index import build_search_index
 
 
@@ -29,6 +38,8 @@ class ImportSummary:
 def index_dir() -> Path:
     import idc_index_data
 
+    if idc_index_data.IDC_INDEX_PARQUET_FILEPATH is None:
+        raise CatalogError("the idc-index-data package holds no idc_index.parquet")
     return Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH).parent
 
 
@@ -80,8 +91,9 @@ def import_idc(catalog: Catalog, progress=None) -> ImportSummary:
             SELECT *, true AS current FROM ({items_select(con, _series_rows_sql(d, True))})
             UNION ALL
             SELECT *, false AS current FROM ({items_select(con, _series_rows_sql(d, False))}))""")
-    ranks = [f"(SELECT row_no, dense_rank() OVER (ORDER BY {_q(k)})::INTEGER AS {_q(rank_column(k))} "
-             f"FROM imported WHERE {_q(k)} IS NOT NULL)" for k in RANKED_KEYS]
+    ranks = [f"(SELECT row_no, dense_rank() OVER (ORDER BY {_q(k)})::INTEGER "
+             f"AS {_q(rank_column(k))} FROM imported WHERE {_q(k)} IS NOT NULL)"
+             for k in RANKED_KEYS]
     joined = "imported " + " ".join(f"LEFT JOIN {r} USING (row_no)" for r in ranks)
     for path, current in zip(items_paths, (True, False)):
         copy_to_parquet(con, f"SELECT * EXCLUDE (current, row_no) FROM {joined} "
@@ -141,11 +153,10 @@ def import_idc(catalog: Catalog, progress=None) -> ImportSummary:
             "clinical": [],
             "instances": {},  # (IDC's series are known at series level only)
         }, number=number, active=(number == last))
-    counts = con.execute(
-        f"SELECT count(*) FILTER (WHERE version_max IS NULL), "
-        f"count(*) FILTER (WHERE version_max IS NOT NULL) FROM {src}").fetchone()
-    n_coll = con.execute(f"SELECT count(*) FROM read_parquet('{collections_path}')").fetchone()[0]
-    n_ar = con.execute(f"SELECT count(*) FROM read_parquet('{analysis_path}')").fetchone()[0]
+    counts = one_row(con, f"SELECT count(*) FILTER (WHERE version_max IS NULL), "
+                          f"count(*) FILTER (WHERE version_max IS NOT NULL) FROM {src}")
+    (n_coll,) = one_row(con, f"SELECT count(*) FROM read_parquet('{collections_path}')")
+    (n_ar,) = one_row(con, f"SELECT count(*) FROM read_parquet('{analysis_path}')")
     step("search index")
     build_search_index(catalog, last)
     return ImportSummary(counts[0], counts[1], n_coll, n_ar, len(versions), last)

@@ -30,12 +30,12 @@ import sys
 import uuid
 import warnings
 import zlib
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial, wraps
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -335,7 +335,7 @@ class _BlobWriter:
         return self.blob_dir, self.journal
 
     def __setstate__(self, state: tuple[str, str]) -> None:
-        self.__init__(*state)
+        _BlobWriter.__init__(self, *state)
 
     def __del__(self) -> None:
         self.close()
@@ -366,11 +366,12 @@ class _BlobWriter:
         tmp = os.path.join(dest_dir, f".{self.run}-{os.getpid()}-{next(_part_numbers)}.part")
         md5 = hashlib.md5()
         crc = size = 0
+        # (the file is closed by the `with` below)
         try:  # the series folder exists for all but its first file: make it only then
-            fout = open(tmp, "wb")
+            fout = open(tmp, "wb")  # noqa: SIM115
         except FileNotFoundError:
             os.makedirs(dest_dir, exist_ok=True)
-            fout = open(tmp, "wb")
+            fout = open(tmp, "wb")  # noqa: SIM115
         with fout:
             for chunk in chunks:
                 md5.update(chunk)

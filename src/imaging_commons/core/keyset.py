@@ -2,9 +2,9 @@
 
 A series-level result (at most the catalogue's ~1M series) is materialised once and paged by
 offset (results.py); the first page of a large one is a top-k and a count, so that it waits
-for none of the rest (Commons.page). An instance-level result at IDC's scale (58.8M rows) cannot be: its page
-tokens carry the last row's order key instead, and a page is the first `limit` rows after it,
-read from data already in that order.
+for none of the rest (Commons.page). An instance-level result at IDC's scale (58.8M rows)
+cannot be: its page tokens carry the last row's order key instead, and a page is the first
+`limit` rows after it, read from data already in that order.
 
 dicomMetadata asks for instance rows in ITEM_ORDER, the order every ingested segment is written
 in, so a page reads each segment from the granule its key falls in (a granule index, the key of
@@ -31,16 +31,16 @@ segment, for the choice above), with none of them rendered, made once per query 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cmp_to_key
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow.parquet as pq
 from sqlglot import exp
 
 from .cache import RecentlyUsed
-from .catalog import ITEM_ORDER, Catalog, copy_to_parquet
+from .catalog import ITEM_ORDER, Catalog, copy_to_parquet, one_row
 from .query import Compiled, col, leading_column
 from .results import ROW_COLUMN, json_row
 
@@ -144,6 +144,9 @@ class KeysetPage:
 
     complete = True
 
+    def finished(self, timeout: float | None) -> bool:
+        return True
+
     def rows_json(self) -> Iterator[bytes]:
         yield b"[" + b",".join(self.rows) + b"]"
 
@@ -209,7 +212,7 @@ class KeysetPages:
         alone, which materialise faster), asked once per query."""
         def ask() -> bool:
             sql = exp.select(exp.Exists(this=_instance_rows(compiled))).sql("duckdb")
-            return self.catalog.connection().execute(sql, compiled.params).fetchone()[0]
+            return one_row(self.catalog.connection(), sql, compiled.params)[0]
 
         return self._counts.get(f"instances {compiled.key}", ask)
 
@@ -218,7 +221,7 @@ class KeysetPages:
         segments = self.catalog.ingested_segments_of(self.catalog.version(version).manifest)
         return sum(self._footer(segment).rows for segment in segments)
 
-    def _footer(self, file_name: str) -> "_Footer":
+    def _footer(self, file_name: str) -> _Footer:
         return self._files.get(f"footer {file_name}", lambda: _Footer.read(
             self.catalog.segments_dir / file_name))
 
@@ -251,8 +254,9 @@ class KeysetPages:
             size = self._footer(segment).rows
             if matching * matching >= KEY_ORDER_FROM * limit * size:
                 # from the granule of the page's key (as it is in the file: behind no prefix)
-                start = (0 if after is None or not after[0].startswith(leading[1]) else
-                         self._start(ordered, (after[0].removeprefix(leading[1]),)))
+                prefix = leading[1] if leading else ""
+                start = (0 if after is None or not after[0].startswith(prefix) else
+                         self._start(ordered, (after[0].removeprefix(prefix),)))
                 rows += self._in_order(compiled, columns, names, version, ordered, start, after,
                                        limit, -(-limit * size // matching))
             else:
@@ -345,7 +349,7 @@ class KeysetPages:
             tree = query.copy()
             tree.set("order", None)
             sql = exp.select(exp.Count(this=exp.Star())).from_(tree.subquery("q")).sql("duckdb")
-            return self.catalog.connection().execute(sql, params).fetchone()[0]
+            return one_row(self.catalog.connection(), sql, params)[0]
 
         return self._counts.get(key, count)
 
@@ -446,7 +450,7 @@ class _Footer:
         return key in self.keys
 
     @classmethod
-    def read(cls, path: Path) -> "_Footer":
+    def read(cls, path: Path) -> _Footer:
         meta = pq.ParquetFile(path).metadata
         names = [meta.schema.column(i).name for i in range(meta.num_columns)]
 

@@ -12,7 +12,8 @@ import json
 from datetime import date
 from typing import Protocol
 
-from cryptography.fernet import Fernet, InvalidToken as FernetInvalid
+from cryptography.fernet import Fernet
+from cryptography.fernet import InvalidToken as FernetInvalid
 
 from .cache import RecentlyUsed
 

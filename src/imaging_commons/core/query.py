@@ -148,8 +148,9 @@ def _resolve(name: str, attrs: dict[str, Attribute]) -> tuple[Attribute, str | N
     if name.lower() in lower:
         return lower[name.lower()], None
     m = _SUFFIX.match(name)
-    if m and m["base"].lower() in lower and lower[m["base"].lower()].data_type == CONTINUOUS_NUMERIC:
-        return lower[m["base"].lower()], m["op"].lower()
+    base = lower.get(m["base"].lower()) if m else None
+    if m and base is not None and base.data_type == CONTINUOUS_NUMERIC:
+        return base, m["op"].lower()
     return None
 
 
@@ -216,7 +217,9 @@ def where_clause(catalog: Catalog, version: int, filters: dict, hidden: frozense
         raise FilterError(f"Invalid filter attribute(s): {', '.join(map(str, unknown))}", unknown)
     conditions: list[exp.Expression] = []
     for key, raw in filters.items():
-        attr, op = _resolve(key, attrs)
+        found = _resolve(key, attrs)
+        assert found is not None  # (unknown keys were refused above)
+        attr, op = found
         values = raw if isinstance(raw, list) else [raw]
         if attr.table is None:
             conditions.append(_condition(key, attr, op, values, col(attr.name, item_alias),
@@ -233,9 +236,9 @@ def where_clause(catalog: Catalog, version: int, filters: dict, hidden: frozense
     return exp.and_(*conditions) if conditions else None
 
 
-def compile_select(catalog: Catalog, version: int, filters: dict, outputs: list[tuple[str, exp.Expression]],
-                   hidden: frozenset[str], distinct: bool = True,
-                   extra_where: exp.Expression | None = None) -> Compiled:
+def compile_select(catalog: Catalog, version: int, filters: dict,
+                   outputs: list[tuple[str, exp.Expression]], hidden: frozenset[str],
+                   distinct: bool = True, extra_where: exp.Expression | None = None) -> Compiled:
     """SELECT [DISTINCT] outputs FROM the version's items WHERE filters ORDER BY outputs."""
     params = _Params()
     where = where_clause(catalog, version, filters, hidden, params)

@@ -19,11 +19,12 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -114,6 +115,7 @@ class Result:
     def table(self) -> pa.Table:
         """The whole result, once it is complete (waits for it)."""
         self.finished(None)
+        assert self._table is not None  # (finished: the table is there)
         return self._table
 
     @property
@@ -149,7 +151,9 @@ class Result:
         position = start
         while position < end:
             with self._changed:  # (a snapshot: finish() replaces the lists, never edits them)
-                self._wait(lambda: self._table is not None or self._starts[-1] > position, None)
+                # (the condition is evaluated within this iteration only)
+                self._wait(lambda: self._table is not None or self._starts[-1] > position,  # noqa: B023
+                           None)
                 table, arrived, starts = self._table, self._arrived, self._starts
             if table is not None:
                 column = table.column(0)
@@ -267,8 +271,8 @@ class ResultStore:
         # (pages made by `once` are short reads: they do not queue behind materialisations)
         self._page_pool = ThreadPoolExecutor(max_workers=2 * workers, thread_name_prefix="page")
         self._lock = threading.Lock()
-        self._results: "OrderedDict[str, Result]" = OrderedDict()  # least recently used first
-        self._once: "OrderedDict[str, Future]" = OrderedDict()  # (see once)
+        self._results: OrderedDict[str, Result] = OrderedDict()  # least recently used first
+        self._once: OrderedDict[str, Future] = OrderedDict()  # (see once)
         self._shapes = RecentlyUsed(SHAPES_KEPT)  # key ranks and query SQL -> rows_as_json SQL
 
     def run(self, compiled: Compiled, deadline_s: float | None) -> Result:

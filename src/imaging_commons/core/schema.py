@@ -19,7 +19,7 @@ class Column:
     data_type: str | None  # attribute-registry type; None = not a filter attribute
     units: str | None = None
     wire_string: bool = False  # the real server returns this numeric column as a string
-    in_dicom_metadata: bool = True  # part of the seed's fixed /dicomMetadata column set
+    in_dicom_metadata: bool = True  # part of IDC's fixed /dicomMetadata column set
 
 
 def _c(name, sql_type="VARCHAR", data_type=CATEGORICAL, **kw) -> Column:
@@ -28,7 +28,8 @@ def _c(name, sql_type="VARCHAR", data_type=CATEGORICAL, **kw) -> Column:
 
 _QUARTERS = ("First", "Second", "Third", "Fourth")
 
-# Every column of the seed's dicomMetadata example, then the storage columns this archive adds.
+# Every column of IDC's documented dicomMetadata example, then the storage columns this
+# archive adds.
 COLUMNS: tuple[Column, ...] = (
     _c("AdditionalPatientHistory", data_type=TEXT),
     _c("Allergies", "VARCHAR[]", None),
@@ -103,7 +104,7 @@ COLUMNS: tuple[Column, ...] = (
     _c("source_DOI", data_type=STRING),
     _c("tcia_species"),
     _c("tcia_tumorLocation"),
-    # --- columns this archive adds beyond the seed's fixed set ---
+    # --- columns this archive adds beyond IDC's fixed set ---
     _c("PatientSex", in_dicom_metadata=False),
     _c("SeriesDate", data_type=STRING, in_dicom_metadata=False),
     _c("TransferSyntaxUID", in_dicom_metadata=False),

@@ -24,9 +24,23 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .accounts import User
-from .catalog import Catalog, CatalogError, normalise_collection_id, parquet_scan, stable_pk
-from .search_index import (FACETS, INDEX_COLLECTION_COLUMNS, INDEX_TABLES, ROLLUP_COLUMNS,
-                           SERIES_ORDER, SUBJECT_ORDER, build_search_index)
+from .catalog import (
+    Catalog,
+    CatalogError,
+    normalise_collection_id,
+    one_row,
+    parquet_scan,
+    stable_pk,
+)
+from .search_index import (
+    FACETS,
+    INDEX_COLLECTION_COLUMNS,
+    INDEX_TABLES,
+    ROLLUP_COLUMNS,
+    SERIES_ORDER,
+    SUBJECT_ORDER,
+    build_search_index,
+)
 
 # Species codes as NBIA sends them (SNOMED CT), by the catalogue's species names.
 SPECIES_CODES: Mapping[str, tuple[str, str]] = {
@@ -377,7 +391,8 @@ class CatalogSearch:
             species, phantom = species_of(species_text)
             infos[cid] = CollectionInfo(cid, name or cid, species, phantom, *rest)
         dates = {v.version: v.date_active for v in self.catalog.versions()}
-        return VersionIndex(version, *names, infos, dates)
+        series, rollup, patients, facets = names
+        return VersionIndex(version, series, rollup, patients, facets, infos, dates)
 
     # ----- filters -------------------------------------------------------------------------
     def _where(self, scope: Scope, criteria: Criteria, keep_order: bool = False) -> _Where:
@@ -505,8 +520,8 @@ class CatalogSearch:
         matched = self._matches(scope, criteria)
         order = self._order(sort)
         facet = "(SELECT list((v, n) ORDER BY v) FROM ({}))"
-        total, modalities, body_parts, by_collection, page = self.catalog.connection().execute(
-            f"""
+        total, modalities, body_parts, by_collection, page = one_row(
+            self.catalog.connection(), f"""
             WITH {matched.ctes},
             page AS MATERIALIZED (SELECT * FROM p ORDER BY {order} LIMIT ? OFFSET ?)
             SELECT (SELECT count(*) FROM p),
@@ -515,7 +530,7 @@ class CatalogSearch:
                    {facet.format(matched.counts('collection_id'))},
                    (SELECT list((patient_no, collection_id, collection, PatientID, studies,
                                  series) ORDER BY {order}) FROM page)""",
-            matched.params + [size, start]).fetchone()
+            matched.params + [size, start])
         page = _tuples(page)
         w = self._where(scope, criteria)
         _of_patients(w, page)
@@ -531,8 +546,8 @@ class CatalogSearch:
             total_patients=total,
             modalities=_tuples(modalities),
             body_parts=_tuples(body_parts),
-            collections=sorted(((scope.collection(c).name, n) for c, n in by_collection),
-                               key=lambda x: x[0]),
+            collections=sorted(((info.name if (info := scope.collection(c)) else c, n)
+                                for c, n in by_collection), key=lambda x: x[0]),
             species=_species_totals(scope, by_collection))
 
     def page_series(self, scope: Scope, criteria: Criteria, sort: Sort, start: int,
@@ -607,8 +622,8 @@ class CatalogSearch:
         w = self._where(scope, criteria, keep_order=True)
         cur = self.catalog.connection()
         if max_rows is not None:
-            (rows,) = cur.execute(f"SELECT count(*) FROM {scope.index.series} WHERE {w.sql}",
-                                  w.params).fetchone()
+            (rows,) = one_row(cur, f"SELECT count(*) FROM {scope.index.series} WHERE {w.sql}",
+                              w.params)
             if rows > max_rows:
                 raise AnswerTooLarge(rows, max_rows)
         order = f"ORDER BY {SERIES_ORDER}" if w.reordered else ""

@@ -354,7 +354,7 @@ def _write_collections(con, items: str, collections: str, folder: Path,
                     + (f"AND collection_id IN ({', '.join('?' * len(changed))}) " if changed
                        else "AND false " if since is not None else "")
                     + "GROUP BY 1")
-    params = list(changed)
+    params: list = list(changed)
     if since is not None:
         item_species += (f" UNION ALL SELECT collection_id, species FROM "
                          f"{parquet_scan(since[0].folder / 'collections.parquet')} "

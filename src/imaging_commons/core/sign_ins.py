@@ -17,8 +17,8 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 # How many names and addresses are remembered at once; the least recently failed go first.
 _CAPACITY = 100_000

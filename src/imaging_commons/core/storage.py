@@ -63,7 +63,7 @@ def _state_of(root: Path) -> str | None:
     return _FULL if fs.f_bavail == 0 else None
 
 
-def _chain(exc: BaseException):
+def _chain(exc: BaseException | None):
     """`exc` and the exceptions it was raised from (SQLAlchemy wraps the driver's)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
