@@ -18,6 +18,7 @@ from .. import __version__
 from ..config import Archive
 from ..core.commons import Commons
 from ..core.compaction import Compactor
+from ..core.errors import CommonsError
 from ..core.storage import storage_problem
 from . import auth, errors, security
 
@@ -82,6 +83,7 @@ def create_app(archive: Archive) -> FastAPI:
                       include_in_schema=False)
     # (Starlette types every handler as taking Exception; each of ours takes its own class)
     app.add_exception_handler(errors.ApiError, errors.api_error_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(CommonsError, errors.commons_error_handler)  # type: ignore[arg-type]
     for fault in (OSError, duckdb.Error, SQLAlchemyError):
         app.add_exception_handler(fault, errors.storage_error_handler)
     app.add_exception_handler(RequestValidationError,

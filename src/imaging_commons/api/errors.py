@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..core import errors as core
 from ..core.storage import storage_problem
 
 _log = logging.getLogger("imaging_commons")
@@ -40,6 +41,33 @@ async def api_error_handler(request: Request, exc: ApiError):
     if _is_idc(request):
         return idc_error(exc.status, exc.message, exc.not_found, exc.headers)
     return PlainTextResponse(exc.message, status_code=exc.status, headers=exc.headers)
+
+
+# the one place where the core's refusals become statuses; both APIs answer a too-large list
+# with a 400 (NBIA's own server does), and sign-in throttling with a 429 and Retry-After
+STATUS_OF: dict[type[core.CommonsError], int] = {
+    core.InvalidRequest: 400,
+    core.TooLarge: 400,
+    core.Unauthenticated: 401,
+    core.Forbidden: 403,
+    core.NotFound: 404,
+    core.Conflict: 409,
+    core.TooManyAttempts: 429,
+    core.Unavailable: 503,
+}
+
+
+def status_of(exc: core.CommonsError) -> int:
+    return next(status for kind, status in STATUS_OF.items() if isinstance(exc, kind))
+
+
+async def commons_error_handler(request: Request, exc: core.CommonsError):
+    status = status_of(exc)
+    headers = ({"Retry-After": str(exc.retry_after)}
+               if isinstance(exc, core.TooManyAttempts) else None)
+    if _is_idc(request):
+        return idc_error(status, exc.message, exc.not_found, headers)
+    return PlainTextResponse(exc.message, status_code=status, headers=headers)
 
 
 async def validation_error_handler(request: Request, exc: RequestValidationError):
