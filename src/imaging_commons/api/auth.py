@@ -8,6 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..core.accounts import AccountError, InvalidToken, User
 from ..core.sign_ins import TooManyFailures
+from .context import commons_of
 from .errors import ApiError
 
 router = APIRouter(tags=["auth"])
@@ -25,7 +26,7 @@ def bearer_token(request: Request) -> str | None:
 def _token_user(request: Request, token: str) -> User:
     """The user a token was issued to. A bad token is a 401, not anonymous access."""
     try:
-        return request.app.state.commons.accounts.user_for_token(token)
+        return commons_of(request).accounts.user_for_token(token)
     except InvalidToken as e:
         raise ApiError(401, f"Invalid or {e.reason} token",
                        headers={"WWW-Authenticate": "Bearer"}) from None
@@ -52,7 +53,7 @@ def nbia_user(request: Request) -> User:
     """NBIA callers without a token are the guest (public collections only)."""
     token = bearer_token(request)
     if token is None:
-        return request.app.state.commons.accounts.guest_user()
+        return commons_of(request).accounts.guest_user()
     return _token_user(request, token)
 
 
@@ -99,7 +100,7 @@ def oauth_token(request: Request, params: dict = Depends(_oauth_params)):
     """Form fields (or query parameters): username, password, client_id, client_secret,
     grant_type (password | refresh_token), refresh_token. A plain function, run in the thread
     pool: checking a password is deliberately slow, and must not stall other connections."""
-    commons = request.app.state.commons
+    commons = commons_of(request)
     accounts = commons.accounts
     grant = params.get("grant_type", "password")
     if grant == "password":
@@ -125,7 +126,7 @@ def oauth_token(request: Request, params: dict = Depends(_oauth_params)):
 
 def logout(request: Request):
     token = bearer_token(request)
-    if token is None or not request.app.state.commons.accounts.revoke(token):
+    if token is None or not commons_of(request).accounts.revoke(token):
         raise ApiError(401, "Invalid or missing token")
     return PlainTextResponse("You Have Logged Out successfully.")
 

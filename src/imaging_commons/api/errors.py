@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core import errors as core
 from ..core.storage import storage_problem
+from .context import commons_of
 
 _log = logging.getLogger("imaging_commons")
 
@@ -102,7 +103,7 @@ def _answer(request: Request, status: int, message: str):
 async def storage_error_handler(request: Request, exc: Exception):
     """The errors of the file system, DuckDB and the accounts database: a 503 that says what
     is wrong when it is the archive's storage refusing (read-only, full), else a 500."""
-    problem = storage_problem(exc, request.app.state.commons.archive.root)
+    problem = storage_problem(exc, commons_of(request).archive.root)
     if problem is None:
         return await unexpected_error_handler(request, exc)
     _log.error("%s %r: %s", request.method, request.url.path, problem)

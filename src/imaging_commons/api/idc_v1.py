@@ -27,6 +27,7 @@ from ..core.paging import InvalidPageToken, StateElsewhere
 from ..core.query import FilterError
 from ..core.results import Pending
 from .auth import optional_user, required_user
+from .context import commons_of
 from .errors import ApiError
 from .security import swagger_page
 
@@ -182,7 +183,7 @@ def parse_bool(name: str, raw: str | None, default: bool = False) -> bool:
 
 
 def parse_page_size(request: Request, raw: str | None) -> int:
-    limit = request.app.state.commons.archive.max_page_size
+    limit = commons_of(request).archive.max_page_size
     if raw is None or raw == "":
         return DEFAULT_PAGE_SIZE
     try:
@@ -224,7 +225,7 @@ def only_keys(body: dict, allowed: set[str], where: str = "") -> None:
 
 def version_number(request: Request, label: Any) -> int:
     try:
-        return request.app.state.commons.catalog.parse_version(label)
+        return commons_of(request).catalog.parse_version(label)
     except CatalogError:
         raise ApiError(400, f"IDC data version {label} does not exist", [str(label)]) from None
 
@@ -311,7 +312,7 @@ def run_page(request: Request, state: dict, user: User | None, page_size: int,
              echo: dict | None) -> Page | JSONResponse:
     """One page of a paged request, or the 202 answer when the query outlives the deadline.
     The 202's token carries `echo`, what the first page tells of its request (see resumed)."""
-    commons = request.app.state.commons
+    commons = commons_of(request)
     may_wait = WAITING_ALLOWED.get()
     try:
         page = commons.page(state, user, page_size,
@@ -333,7 +334,7 @@ def next_token(request: Request, page: Page, user: User | None) -> str | None:
     if page.next_state is None:
         return None
     try:
-        return request.app.state.commons.tokens.mint(page.next_state, caller_key(user),
+        return commons_of(request).tokens.mint(page.next_state, caller_key(user),
                                                       WAITING_ALLOWED.get())
     except StateElsewhere:  # to be written to the accounts database: not on the event loop
         raise NotMaterialised from None
@@ -341,7 +342,7 @@ def next_token(request: Request, page: Page, user: User | None) -> str | None:
 
 def open_token(request: Request, token: str, user: User | None, kind: str) -> dict:
     try:
-        state = request.app.state.commons.tokens.open(token, caller_key(user),
+        state = commons_of(request).tokens.open(token, caller_key(user),
                                                       WAITING_ALLOWED.get())
     except InvalidPageToken:
         raise ApiError(400, "Invalid next_page token") from None
@@ -448,7 +449,7 @@ def swagger(request: Request) -> HTMLResponse:
 @route("GET", "/versions", summary="IDC data versions")
 def versions(request: Request):
     strict_params(request, set(), "Invalid argument")
-    commons = request.app.state.commons
+    commons = commons_of(request)
     listing = [{
         "idc_data_version": v.label,
         "date_active": v.date_active,
@@ -465,7 +466,7 @@ def versions(request: Request):
 @route("GET", "/collections", summary="Collections of a data version")
 def collections(request: Request, user: User | None = Depends(optional_user)):
     params = strict_params(request, {"idc_data_version"}, "Invalid argument")
-    commons = request.app.state.commons
+    commons = commons_of(request)
     number = version_number(request, params.get("idc_data_version"))
     rows = commons.collections(number, user)
     return ok({"collections": [{
@@ -487,7 +488,7 @@ def collections(request: Request, user: User | None = Depends(optional_user)):
 @route("GET", "/analysis_results", summary="Analysis results of a data version")
 def analysis_results(request: Request):
     params = strict_params(request, {"idc_data_version"}, "Invalid argument")
-    commons = request.app.state.commons
+    commons = commons_of(request)
     number = version_number(request, params.get("idc_data_version"))
     return ok({"analysisResults": [{
         "active": r["active"],
@@ -508,7 +509,7 @@ def analysis_results(request: Request):
 @route("GET", "/attributes", summary="Filter attributes of a data version")
 def attributes(request: Request):
     params = strict_params(request, {"idc_data_version", "data_source"}, "Invalid argument")
-    commons = request.app.state.commons
+    commons = commons_of(request)
     number = version_number(request, params.get("idc_data_version"))
     source = params.get("data_source")
     registry = commons.attribute_registry(number, source)
@@ -548,7 +549,7 @@ def cohort_json(cohort, permission: str | None = None) -> dict:
 
 @route("GET", "/cohorts", summary="The caller's cohorts")
 def list_cohorts(request: Request, user: User = Depends(required_user)):
-    accounts = request.app.state.commons.accounts
+    accounts = commons_of(request).accounts
     return ok({"cohorts": [cohort_json(c, p) for c, p in accounts.list_cohorts(user)]})
 
 
@@ -556,7 +557,7 @@ def list_cohorts(request: Request, user: User = Depends(required_user)):
 def create_cohort(request: Request, user: User = Depends(required_user),
                   raw: bytes = Depends(body_bytes)):
     strict_params(request, set(), "Invalid key")
-    commons = request.app.state.commons
+    commons = commons_of(request)
     definition = cohort_definition(request, json_body(raw))
     name = definition["name"]
     if not isinstance(name, str) or not name.strip():
@@ -596,7 +597,7 @@ def _cohort_ids(raw: Any) -> list[int]:
 
 def _delete(request: Request, user: User, raw: Any) -> JSONResponse:
     """One result per id; every id is validated before any cohort is deleted."""
-    accounts = request.app.state.commons.accounts
+    accounts = commons_of(request).accounts
     return ok({"cohorts": [{"cohort_id": i, "result": accounts.delete_cohort(user, i)}
                            for i in _cohort_ids(raw)]})
 
@@ -618,7 +619,7 @@ def saved_cohort(request: Request, user: User, cohort_id: int):
     try:
         if cohort_id > MAX_COHORT_ID:
             raise NotFound(cohort_id)
-        cohort, _ = request.app.state.commons.accounts.get_cohort(user, cohort_id)
+        cohort, _ = commons_of(request).accounts.get_cohort(user, cohort_id)
     except NotFound:
         raise ApiError(404, f"Cohort {cohort_id} not found", [str(cohort_id)]) from None
     except Forbidden:

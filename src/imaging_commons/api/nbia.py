@@ -45,6 +45,7 @@ from ..core.search import (
     patient_pk,
 )
 from .auth import nbia_user
+from .context import commons_of
 from .errors import ApiError
 from .security import attachment
 
@@ -164,11 +165,11 @@ def caller_scope(request: Request, user: Caller) -> Scope:
 
 
 def searcher(request: Request) -> CatalogSearch:
-    return request.app.state.commons.search
+    return commons_of(request).search
 
 
 def max_list_rows(request: Request) -> int:
-    return request.app.state.commons.archive.max_list_rows
+    return commons_of(request).archive.max_list_rows
 
 
 Caller = Annotated[User, Depends(nbia_user)]
@@ -938,7 +939,7 @@ def create_shared_list(request: Request, user: Caller, scope: CallerScope, searc
     uids = list(dict.fromkeys(params.required_items()))
     if len(search.visible_series_uids(scope, uids)) != len(uids):
         raise ApiError(400, "User does not have permission for all series in list")
-    accounts = request.app.state.commons.accounts
+    accounts = commons_of(request).accounts
     if accounts.get_shared_list(name) is not None:
         raise ApiError(400, "Duplicate list name")
     try:
@@ -952,7 +953,7 @@ def create_shared_list(request: Request, user: Caller, scope: CallerScope, searc
 
 def shared_list_uids(request: Request, name: str) -> list[str] | None:
     """A saved cart's series; portal cart URLs name it `nbia-<name>`."""
-    accounts = request.app.state.commons.accounts
+    accounts = commons_of(request).accounts
     for candidate in dict.fromkeys((name, name.removeprefix("nbia-"))):
         shared = accounts.get_shared_list(candidate)
         if shared is not None:

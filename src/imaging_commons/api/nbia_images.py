@@ -27,6 +27,7 @@ from ..core.imaging import ImageUnavailable, dicom_tags, render_thumbnail
 from ..core.zips import Member, iter_zip
 from . import nbia
 from .auth import nbia_user
+from .context import commons_of
 from .errors import ApiError
 from .nbia import Params, taking
 from .security import attachment
@@ -108,13 +109,13 @@ def zip_response(series_uid: str, members: list[Member]) -> StreamingResponse:
 
 def series_files(request: Request, user: User, series_uid: str) -> downloads.SeriesFiles:
     with answering_about("SeriesInstanceUID", series_uid):
-        return downloads.series_files(request.app.state.commons, user, series_uid)
+        return downloads.series_files(commons_of(request), user, series_uid)
 
 
 def series_instance(request: Request, user: User, series_uid: str,
                     sop_uid: str) -> downloads.StoredInstance:
     with answering_about("SeriesInstanceUID", series_uid):
-        return downloads.series_instance(request.app.state.commons, user, series_uid, sop_uid)
+        return downloads.series_instance(commons_of(request), user, series_uid, sop_uid)
 
 
 @serve("getImage", "v1", "v2", "v4", heavy=True)
@@ -185,7 +186,7 @@ def get_dicom_tags(request: Request, user: User = Depends(nbia_user),
     an `End <name>` row."""
     series_uid = params.required("SeriesUID")
     with answering_about("SeriesInstanceUID", series_uid):
-        first = downloads.series_instances(request.app.state.commons, user, series_uid)[0]
+        first = downloads.series_instances(commons_of(request), user, series_uid)[0]
     return tags_response(first)
 
 
@@ -197,7 +198,7 @@ def get_dicom_tags_by_image_id(request: Request, user: User = Depends(nbia_user)
     if not re.fullmatch(r"[0-9]{1,30}", text):
         raise ApiError(400, "imageID must be an image's integer id (its imagePkId)")
     with answering_about("imageID", text):
-        instance = downloads.instance_by_image_id(request.app.state.commons, user, int(text))
+        instance = downloads.instance_by_image_id(commons_of(request), user, int(text))
     return tags_response(instance)
 
 
@@ -207,7 +208,7 @@ def get_md5_hash_for_image(request: Request, user: User = Depends(nbia_user),
     """The md5 of one stored image file, as text (the endpoint's name is NBIA's spelling)."""
     sop_uid = params.required("SOPInstanceUid")
     with answering_about("SOPInstanceUID", sop_uid):
-        instance = downloads.instance_by_sop_uid(request.app.state.commons, user, sop_uid)
+        instance = downloads.instance_by_sop_uid(commons_of(request), user, sop_uid)
     return PlainTextResponse(instance.md5)
 
 
@@ -224,6 +225,6 @@ def get_md5_hierarchy(request: Request, user: User = Depends(nbia_user),
                             "PatientID or Collection (Collection may also narrow PatientID).")
     name = "PatientID" if "PatientID" in given else next(iter(given))
     with answering_about(name, given[name]):
-        digest = downloads.md5_hierarchy(request.app.state.commons, user,
+        digest = downloads.md5_hierarchy(commons_of(request), user,
                                          {HIERARCHY_PARAMETERS[n]: v for n, v in given.items()})
     return PlainTextResponse(digest)
