@@ -44,8 +44,9 @@ async def api_error_handler(request: Request, exc: ApiError):
     return PlainTextResponse(exc.message, status_code=exc.status, headers=exc.headers)
 
 
-# the one place where the core's refusals become statuses; both APIs answer a too-large list
-# with a 400 (NBIA's own server does), and sign-in throttling with a 429 and Retry-After
+# The one place where the core's refusals become statuses: the kinds both APIs answer alike,
+# then each API's own differences (NBIA's server answers a clash, such as a shared list name
+# already taken, with a 400). Sign-in throttling is a 429 with Retry-After.
 STATUS_OF: dict[type[core.CommonsError], int] = {
     core.InvalidRequest: 400,
     core.TooLarge: 400,
@@ -56,17 +57,22 @@ STATUS_OF: dict[type[core.CommonsError], int] = {
     core.TooManyAttempts: 429,
     core.Unavailable: 503,
 }
+IDC_STATUS_OF: dict[type[core.CommonsError], int] = {}
+NBIA_STATUS_OF: dict[type[core.CommonsError], int] = {core.Conflict: 400}
 
 
-def status_of(exc: core.CommonsError) -> int:
-    return next(status for kind, status in STATUS_OF.items() if isinstance(exc, kind))
+def status_of(exc: core.CommonsError, idc: bool) -> int:
+    own = IDC_STATUS_OF if idc else NBIA_STATUS_OF
+    return next(status for table in (own, STATUS_OF) for kind, status in table.items()
+                if isinstance(exc, kind))
 
 
 async def commons_error_handler(request: Request, exc: core.CommonsError):
-    status = status_of(exc)
+    idc = _is_idc(request)
+    status = status_of(exc, idc)
     headers = ({"Retry-After": str(exc.retry_after)}
                if isinstance(exc, core.TooManyAttempts) else None)
-    if _is_idc(request):
+    if idc:
         return idc_error(status, exc.message, exc.not_found, headers)
     return PlainTextResponse(exc.message, status_code=status, headers=headers)
 
