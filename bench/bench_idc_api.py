@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from imaging_commons.api.idc.params import MANIFEST_SELECTORS, manifest_fields  # noqa: E402
 from imaging_commons.config import Archive  # noqa: E402
-from imaging_commons.core.commons import MANIFEST_SELECTORS, Commons  # noqa: E402
+from imaging_commons.core.front_door import Commons  # noqa: E402
 from serving import idc_archive, running_server  # noqa: E402
 
 FILTER_SETS = [
@@ -86,8 +87,8 @@ def raw_query(commons: Commons, filters, fields):
     the server puts them, ... ORDER BY them), pointed at the baseline's in-memory table. The
     server itself sorts a result led by a unique key by that key's rank, which the baseline's
     table does not have: the baseline is the query as plain DuckDB answers it."""
-    ordered = [name for name in MANIFEST_SELECTORS if name in fields]
-    state = {"kind": "manifest", "version": 25, "filters": filters, "fields": ordered}
+    state = {"kind": "manifest", "version": 25, "filters": filters,
+             "fields": manifest_fields([n for n in MANIFEST_SELECTORS if n in fields])}
     compiled = commons.compile_state(state, None)
     sql = compiled.sql().replace(commons.catalog.relation(25, "items"), "items")
     return sql, compiled.params

@@ -29,7 +29,7 @@ import pydicom  # noqa: E402
 
 from conftest import SAMPLES, free_port  # noqa: E402
 from imaging_commons.config import Archive  # noqa: E402
-from imaging_commons.core.commons import Commons  # noqa: E402
+from imaging_commons.core.front_door import Commons  # noqa: E402
 from imaging_commons.core.ingest import ingest, publish  # noqa: E402
 from serving import running_server  # noqa: E402
 from test_nbia_images import write_copies  # noqa: E402

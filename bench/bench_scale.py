@@ -346,7 +346,7 @@ def middle_token(archive: Path, first_token: str, total: int,
     import pyarrow.parquet as pq
 
     from imaging_commons.core.catalog import ITEM_ORDER
-    from imaging_commons.core.commons import Commons
+    from imaging_commons.core.front_door import Commons
     from imaging_commons.core.keyset import _KEY, GRANULE_ROWS, granules_file, key_order_file
     from imaging_commons.core.query import leading_column
 
@@ -427,7 +427,7 @@ def measure_server(archive: Path, port: int, known: dict, budget_s: float,
                    log: Path) -> None:
     """Every HTTP figure."""
     from bench_idc_api import FILTER_SETS
-    from imaging_commons.core.commons import Commons
+    from imaging_commons.core.front_door import Commons
 
     accounts = Commons(Archive.from_env(archive)).accounts
     user = accounts.get_user(USER) or accounts.add_user(USER, os.urandom(16).hex())

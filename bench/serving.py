@@ -54,7 +54,7 @@ def idc_archive(path: str | None) -> Iterator[Path]:
         return
     sys.path.insert(0, str(ROOT / "src"))
     from imaging_commons.config import Archive
-    from imaging_commons.core.commons import Commons
+    from imaging_commons.core.front_door import Commons
     from imaging_commons.core.idc_import import import_idc
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,8 +14,8 @@ import pytest
 import uvicorn
 
 from imaging_commons.config import Archive
-from imaging_commons.core.commons import Commons
 from imaging_commons.core.demo import DEMO_COLLECTION, build_demo, pydicom_sample_dir
+from imaging_commons.core.front_door import Commons
 from imaging_commons.core.ingest import ingest, publish
 
 SAMPLES = pydicom_sample_dir()

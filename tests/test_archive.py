@@ -29,8 +29,8 @@ from imaging_commons.config import Archive
 from imaging_commons.core import catalog as catalog_module
 from imaging_commons.core.accounts import OWNER
 from imaging_commons.core.catalog import ITEM_COLUMNS, CatalogError
-from imaging_commons.core.commons import Commons
 from imaging_commons.core.demo import pydicom_sample_dir
+from imaging_commons.core.front_door import Commons
 from imaging_commons.core.ingest import ingest, publish, stage_clinical
 from imaging_commons.core.schema import CATEGORICAL, CONTINUOUS_NUMERIC, DICOM_METADATA_COLUMNS
 
@@ -421,11 +421,11 @@ def test_clinical_columns_become_typed_filterable_attributes(small_archive, tmp_
     csv.write_text("PatientID,age_at_diagnosis,smoker\n" + "".join(
         f"{p},{ages[p]},{smokers[p]}\n" for p in patients) + "NOT_IN_ARCHIVE,80,yes\n")
     stage_clinical(commons.catalog, csv, "pydicom_samples", "tumour_registry")
-    assert "clinical.tumour_registry" not in commons.attribute_registry(1)
+    assert "tumour_registry" not in {a.source.clinical for a in commons.attributes(1)}
     version = publish(commons.catalog)
 
-    registry = {a["name"]: a["data_type"]
-                for a in commons.attribute_registry(version)["clinical.tumour_registry"]}
+    registry = {a.name: a.data_type for a in commons.attributes(version)
+                if a.source.clinical == "tumour_registry"}
     assert registry["age_at_diagnosis"] == registry["age_at_diagnosis_gte"] == CONTINUOUS_NUMERIC
     assert registry["smoker"] == CATEGORICAL
 

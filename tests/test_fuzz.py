@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 
 from conftest import SAMPLES, LiveServer
 from imaging_commons.config import Archive
-from imaging_commons.core.commons import Commons
 from imaging_commons.core.demo import DEMO_COLLECTION
+from imaging_commons.core.front_door import Commons
 from imaging_commons.core.ingest import ingest, publish
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "6"))

@@ -22,8 +22,8 @@ from conftest import SAMPLES, LiveServer, free_port
 from imaging_commons.api.nbia import csv_chunks, manifest
 from imaging_commons.api.security import attachment
 from imaging_commons.config import Archive
-from imaging_commons.core.commons import Commons
 from imaging_commons.core.demo import DEMO_COLLECTION
+from imaging_commons.core.front_door import Commons
 from imaging_commons.core.ingest import ingest, publish
 from imaging_commons.core.zips import Member, iter_zip
 from test_nbia_images import write_copies

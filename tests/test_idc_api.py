@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import json
 import re
@@ -10,6 +12,7 @@ import sys
 import threading
 import time
 
+import anyio.to_thread
 import duckdb
 import idc_index_data
 import pytest
@@ -18,10 +21,11 @@ from click.testing import CliRunner
 
 from conftest import SAMPLES, LiveServer, postgres_schema_url
 from imaging_commons.api.app import warm_up_and_settle
-from imaging_commons.api.idc_v1 import PageResponse
+from imaging_commons.api.idc.params import manifest_fields
+from imaging_commons.api.idc.streaming import PageResponse
 from imaging_commons.cli import main as cli
 from imaging_commons.config import Archive
-from imaging_commons.core.commons import Commons
+from imaging_commons.core.front_door import Commons
 from imaging_commons.core.ingest import ingest, publish
 from imaging_commons.core.results import BATCH_ROWS, Result
 
@@ -541,7 +545,7 @@ def test_long_value_lists_match_as_sets(server):
     assert _query_sops(server, {"SliceThickness": numbers}) == {
         sop for sop, x in rows if x == min(thickness)}
     compiled = server.commons.compile_state(
-        {"kind": "manifest", "version": 26, "fields": ["GCS_URL"],
+        {"kind": "manifest", "version": 26, "fields": manifest_fields(["GCS_URL"]),
          "filters": {"SeriesInstanceUID": decoys}}, None)
     assert compiled.sql().count("?") == 1 and compiled.params == [decoys]
 
@@ -765,7 +769,7 @@ def test_202_on_deadline_resumes_the_same_work(demo_archive_dir, version, field,
     archive = Archive(demo_archive_dir, query_deadline_s=0.0)
     with LiveServer(archive) as live:
         calls = []
-        owner = live.commons.results if runs == "_materialise" else live.commons
+        owner = live.commons.results if runs == "_materialise" else live.commons.pager
         original = getattr(owner, runs)
 
         def counted(*args):
@@ -963,48 +967,64 @@ def test_a_warmed_server_takes_what_it_holds_out_of_the_collectors_reach(server,
     assert gc.get_freeze_count() <= frozen and later  # none of them frozen
 
 
-def test_an_anonymous_next_page_of_a_materialised_result_is_served_on_the_event_loop(
-        server, monkeypatch):
-    """No thread hop where nothing can wait: an anonymous nextPage whose result is in memory is
-    answered on the event loop; one whose query is unfinished, or an authenticated one (the
-    accounts database), in the thread pool, and the loop stays free while its query runs."""
-    served_on = []
-    page = server.commons.page
-    monkeypatch.setattr(server.commons, "page", lambda *a, **kw: served_on.append(
-        threading.current_thread()) or page(*a, **kw))
+@contextlib.contextmanager
+def thread_pool_taken(server: LiveServer):
+    """While inside, the server's thread pool (anyio's default limiter, on its event loop) has
+    no worker to give: what needs a thread waits for one, what the event loop serves answers."""
+    loop = server._server.servers[0].get_loop()
+    holder = object()
+
+    async def take():
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        total = limiter.total_tokens
+        limiter.total_tokens = 1
+        await limiter.acquire_on_behalf_of(holder)
+        return limiter, total
+
+    limiter, total = asyncio.run_coroutine_threadsafe(take(), loop).result(10)
+    try:
+        yield
+    finally:
+        async def give_back():
+            limiter.release_on_behalf_of(holder)
+            limiter.total_tokens = total
+
+        asyncio.run_coroutine_threadsafe(give_back(), loop).result(10)
+
+
+def test_an_anonymous_next_page_of_a_materialised_result_is_served_on_the_event_loop(server):
+    """No thread hop where nothing can wait: while the server has no worker thread to give, an
+    anonymous nextPage whose result is in memory is answered all the same; one whose query is
+    unfinished (it is started then), or an authenticated one (the accounts database), waits for
+    a worker, and gets the same page once there is one."""
     spec = {"name": "x", "filters": LUNG}
     params = {"GCS_URL": True, "page_size": 3}
-    first = requests.post(f"{server.url}/v1/cohorts/preview/manifest", params=params,
-                          json=spec).json()
-    next_url = f"{server.url}/v1/cohorts/manifest/nextPage"
+    preview = f"{server.url}/v1/cohorts/preview/manifest"
+    first = requests.post(preview, params=params, json=spec).json()
+    signed = auth(server.user_token("loop-tester"))
+    first_signed = requests.post(preview, params=params, json=spec, headers=signed).json()
 
-    def next_page(headers=None) -> dict:
-        served_on.clear()
-        r = requests.get(next_url, params={"next_page": first["next_page"], "page_size": 3},
-                         headers=headers, timeout=30)
+    def next_page(token: str, headers=None, timeout: float = 30) -> dict:
+        r = requests.get(f"{server.url}/v1/cohorts/manifest/nextPage", headers=headers,
+                         params={"next_page": token, "page_size": 3}, timeout=timeout)
         assert r.status_code == 200, r.text
         return r.json()["manifest"]  # (each next_page token is new: Fernet stamps the time)
 
-    loop_thread = server._thread
-    second = next_page()
-    assert served_on == [loop_thread]
-    server.commons.results._results.clear()  # the result is gone: its query runs again
-    entered, release = held(server.commons.results, "_materialise", monkeypatch)
-    answers = []
-    waiting = threading.Thread(target=lambda: answers.append(next_page()))
-    waiting.start()
-    try:
-        assert entered.wait(10)
-        assert requests.get(f"{server.url}/v1/about", timeout=3).status_code == 200
-    finally:
-        release.set()
-        waiting.join(30)
-    assert answers == [second]
-    assert served_on[0] is loop_thread and served_on[-1] is not loop_thread
-    token = server.user_token("loop-tester")
-    first = requests.post(f"{server.url}/v1/cohorts/preview/manifest", params=params,
-                          json=spec, headers=auth(token)).json()
-    assert next_page(auth(token)) == second and loop_thread not in served_on
+    second = next_page(first["next_page"])
+    answers: list[dict] = []
+    with thread_pool_taken(server):
+        assert next_page(first["next_page"], timeout=10) == second  # on the loop
+        server.commons.results._results.clear()  # the result is gone: its query runs again
+        waiting = [threading.Thread(target=lambda: answers.append(next_page(first["next_page"]))),
+                   threading.Thread(target=lambda: answers.append(
+                       next_page(first_signed["next_page"], signed)))]
+        for thread in waiting:
+            thread.start()
+        time.sleep(1.5)
+        assert all(thread.is_alive() for thread in waiting) and not answers
+    for thread in waiting:
+        thread.join(30)
+    assert answers == [second, second]
 
 
 # ----- malformed input: always 4xx, nothing stored ------------------------------------------

@@ -36,8 +36,8 @@ from imaging_commons.cli import main
 from imaging_commons.config import Archive
 from imaging_commons.core import ingest as ingest_module
 from imaging_commons.core.catalog import WRITER_BUSY, Catalog, CatalogError
-from imaging_commons.core.commons import Commons
 from imaging_commons.core.demo import pydicom_sample_dir
+from imaging_commons.core.front_door import Commons
 from imaging_commons.core.ingest import MAX_FILE_SIZE_ENV, ingest, iter_files, publish
 
 SAMPLES = pydicom_sample_dir()

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import orjson
 
+from imaging_commons.api.idc.params import manifest_fields
 from imaging_commons.core.catalog import RANKED_KEYS
-from imaging_commons.core.commons import Commons
+from imaging_commons.core.front_door import Commons
 from imaging_commons.core.results import RANK_COLUMN, rows_as_json
 
 # v26 of the demo is the IDC catalogue's series (one segment) plus pydicom's samples (another)
@@ -81,7 +82,7 @@ def test_rows_led_by_a_key_match_the_plain_query(server):
         unique = key_ranks(commons, version)
         for fields, ranked in FIELD_SETS:
             state = {"kind": "manifest", "version": version, "filters": BOTH_SEGMENTS,
-                     "fields": fields, "offset": 0}
+                     "fields": manifest_fields(fields), "offset": 0}
             expected = rows_of_plain_query(commons, state)
             assert len(expected) > 100
             assert rows_served(commons, state) == expected, (version, fields)
@@ -98,7 +99,7 @@ def test_rows_led_by_a_key_match_the_plain_query(server):
 def test_a_version_made_by_ingest_sorts_by_the_values(small_archive):
     commons = Commons(small_archive)
     state = {"kind": "manifest", "version": 1, "filters": {"Modality": ["CT", "MR", "OT"]},
-             "fields": ["GCS_URL", "SOPInstanceUID"], "offset": 0}
+             "fields": manifest_fields(["GCS_URL", "SOPInstanceUID"]), "offset": 0}
     assert not sorted_by_rank(commons, state)
     served = rows_served(commons, state)
     assert len(served) > 10 and served == rows_of_plain_query(commons, state)

@@ -20,8 +20,8 @@ import requests
 from conftest import SAMPLES, LiveServer
 from imaging_commons.config import Archive
 from imaging_commons.core.catalog import INGESTED_PREFIX, stable_pk
-from imaging_commons.core.commons import Commons
 from imaging_commons.core.demo import DEMO_COLLECTION
+from imaging_commons.core.front_door import Commons
 from imaging_commons.core.ingest import ingest, publish
 
 SERVICES = "/nbia-api/services"

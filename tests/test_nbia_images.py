@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 from conftest import SAMPLES, LiveServer
 from imaging_commons.config import Archive
 from imaging_commons.core.catalog import stable_pk
-from imaging_commons.core.commons import Commons
+from imaging_commons.core.front_door import Commons
 from imaging_commons.core.ingest import ingest, publish
 
 SERVICES = "/nbia-api/services"

@@ -7,7 +7,8 @@ import requests
 import sqlglot
 
 from conftest import LiveServer
-from imaging_commons.core.commons import Commons
+from imaging_commons.api.idc.params import manifest_fields
+from imaging_commons.core.front_door import Commons
 from imaging_commons.core.ingest import publish, stage_clinical
 from imaging_commons.core.query import col, compile_select
 
@@ -15,7 +16,8 @@ from imaging_commons.core.query import col, compile_select
 def test_compiled_query_is_portable_and_parameterised(small_archive):
     commons = Commons(small_archive)
     hostile = "CT'); DROP TABLE items; --"
-    compiled = commons.compile_state({"kind": "manifest", "version": 1, "fields": ["GCS_URL"],
+    compiled = commons.compile_state({"kind": "manifest", "version": 1,
+                                      "fields": manifest_fields(["GCS_URL"]),
                                       "filters": {"Modality": [hostile],
                                                   "SliceThickness_btw": [1, 5]}}, None)
     assert hostile.lower() in compiled.params
@@ -24,7 +26,8 @@ def test_compiled_query_is_portable_and_parameterised(small_archive):
         text = compiled.sql(dialect)
         assert "DROP TABLE" not in text and text.count(marker) == len(compiled.params)
         sqlglot.parse_one(text, read=dialect)  # renders to valid SQL of that engine
-    rows = commons.page({"kind": "manifest", "version": 1, "fields": ["GCS_URL"], "offset": 0,
+    rows = commons.page({"kind": "manifest", "version": 1, "offset": 0,
+                         "fields": manifest_fields(["GCS_URL"]),
                          "filters": {"Modality": [hostile]}}, None, 10, None)
     assert rows.total == 0
 

@@ -14,15 +14,18 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from imaging_commons.api.idc.params import manifest_fields
 from imaging_commons.config import Archive, _running
 from imaging_commons.core import results
-from imaging_commons.core.cache import RecentlyUsed
-from imaging_commons.core.commons import Commons, Page
+from imaging_commons.core.front_door import Commons
+from imaging_commons.core.pages import Page
+from imaging_commons.core.recently_used import RecentlyUsed
 from imaging_commons.core.results import ROW_COLUMN, Result, ResultStore
 
 
 def _state(modality: str) -> dict:
-    return {"kind": "manifest", "version": 1, "fields": ["SeriesInstanceUID"], "offset": 0,
+    return {"kind": "manifest", "version": 1, "fields": manifest_fields(["SeriesInstanceUID"]),
+            "offset": 0,
             "filters": {"Modality": [modality]}}
 
 
@@ -78,7 +81,8 @@ def test_a_result_too_large_for_memory_is_read_from_a_file(small_archive, monkey
     the memory one, and evicting the result removes it."""
     commons = Commons(small_archive)
     store = commons.results
-    state = {**_state("CT"), "fields": ["SeriesInstanceUID", "StudyInstanceUID"]}
+    state = {**_state("CT"),
+             "fields": manifest_fields(["SeriesInstanceUID", "StudyInstanceUID"])}
     compiled = commons.compile_state(state, None)
     in_memory = store.run(compiled, None)
     assert in_memory.file is None and in_memory.total > 5

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pytest
 from sqlglot import exp
 
-from imaging_commons.api.idc_v1 import joined_slices
+from imaging_commons.api.idc.streaming import joined_slices
 from imaging_commons.config import Archive
 from imaging_commons.core.catalog import Catalog
-from imaging_commons.core.commons import echoed_sql
+from imaging_commons.core.pages import echoed_sql
 from imaging_commons.core.query import Compiled, col
 from imaging_commons.core.results import ROW_COLUMN, Result, ResultStore
 

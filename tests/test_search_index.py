@@ -12,7 +12,7 @@ import pytest
 
 from imaging_commons.config import Archive
 from imaging_commons.core import search_index as index_module
-from imaging_commons.core.commons import Commons
+from imaging_commons.core.front_door import Commons
 from imaging_commons.core.search import Criteria, Sort
 from imaging_commons.core.search_index import (
     INDEX_TABLES,

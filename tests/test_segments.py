@@ -21,11 +21,12 @@ import pytest
 import requests
 
 from conftest import SAMPLES, LiveServer
+from imaging_commons.api.idc.params import manifest_fields
 from imaging_commons.config import Archive
 from imaging_commons.core import keyset
 from imaging_commons.core.catalog import COMPACTED_PREFIX, INGESTED_PREFIX, ITEM_COLUMNS
-from imaging_commons.core.commons import Commons
 from imaging_commons.core.compaction import compact
+from imaging_commons.core.front_door import Commons
 from imaging_commons.core.ingest import ingest, publish
 from test_archive import SRC_DIR, _cli, files_under, query, sop_uid_of, tree_hashes
 
@@ -406,8 +407,8 @@ def test_instance_manifest_pages_put_together_are_the_unpaged_rows(demo_archive_
     commons = Commons(Archive(archive.root, compact_every_s=0))
     filters = {"collection_id": ["rider_breast_mri", "nlm_visible_human_project", "secret",
                                  "samples", "later"]}
-    state = {"kind": "manifest", "version": version, "filters": filters, "fields": fields,
-             "offset": 0}
+    state = {"kind": "manifest", "version": version, "filters": filters,
+             "fields": manifest_fields(fields), "offset": 0}
     assert commons.keyset.pages_instances(commons.compile_state(state, None), version)
     expected = result_rows(commons, state)
     assert len(expected) > 40 and len({tuple(r.values()) for r in expected}) == len(expected)
@@ -443,7 +444,8 @@ def test_a_manifest_of_urls_is_paged_by_key_only_where_instances_match(demo_arch
     version = commons.catalog.active_version()
 
     def paged_by_key(collection: str) -> bool:
-        state = {"kind": "manifest", "version": version, "fields": ["GCS_URL"], "offset": 0,
+        state = {"kind": "manifest", "version": version, "fields": manifest_fields(["GCS_URL"]),
+                 "offset": 0,
                  "filters": {"collection_id": [collection]}}
         page = commons.page(state, None, 10, None)
         assert page.total > 0

@@ -19,7 +19,7 @@ def _archive(ctx: click.Context) -> Archive:
 
 
 def _commons(ctx: click.Context):
-    from .core.commons import Commons
+    from .core.front_door import Commons
 
     if "commons" not in ctx.obj:
         ctx.obj["commons"] = Commons(_archive(ctx))

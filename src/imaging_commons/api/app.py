@@ -16,9 +16,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..config import Archive
-from ..core.commons import Commons
 from ..core.compaction import Compactor
 from ..core.errors import CommonsError
+from ..core.front_door import Commons
 from ..core.storage import storage_problem
 from . import auth, errors, security
 
@@ -48,7 +48,7 @@ def warm_up_and_settle(commons: Commons) -> None:
 
 
 def create_app(archive: Archive) -> FastAPI:
-    from . import idc_v1, nbia, nbia_images
+    from . import idc, nbia, nbia_images
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -92,7 +92,7 @@ def create_app(archive: Archive) -> FastAPI:
                               errors.http_error_handler)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, errors.unexpected_error_handler)
     app.include_router(auth.router)
-    app.include_router(idc_v1.router)
+    app.include_router(idc.router)
     app.include_router(nbia.router)
     app.include_router(nbia_images.router)
     app.add_middleware(security.HeavyRequestLimit, per_client=archive.heavy_per_client,

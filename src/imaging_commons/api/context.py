@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from ..core.commons import Commons
+from ..core.front_door import Commons
 
 
 def commons_of(request: Request) -> Commons:

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from .accounts import User
 from .catalog import normalise_collection_id, stable_pk_sql
-from .commons import Commons
+from .front_door import Commons
 
 # stable_pk keeps 52 bits, so a larger number cannot be an image id (and must not reach SQL)
 _MAX_IMAGE_ID = (1 << 52) - 1

@@ -39,9 +39,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from sqlglot import exp
 
-from .cache import RecentlyUsed
 from .catalog import ITEM_ORDER, Catalog, copy_to_parquet, one_row
 from .query import Compiled, col, leading_column
+from .recently_used import RecentlyUsed
 from .results import ROW_COLUMN, json_row
 
 GRANULE_ROWS = 8192

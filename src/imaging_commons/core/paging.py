@@ -15,14 +15,16 @@ from typing import Protocol
 from cryptography.fernet import Fernet
 from cryptography.fernet import InvalidToken as FernetInvalid
 
-from .cache import RecentlyUsed
+from .errors import InvalidRequest
+from .recently_used import RecentlyUsed
 
 INLINE_STATE_BYTES = 2048  # a larger state goes to the store: its token stays ~300 characters
 STATES_KEPT = 256  # stored states remembered by this process
 
 
-class InvalidPageToken(Exception):
-    pass
+class InvalidPageToken(InvalidRequest):
+    """A token that is not genuine, has expired, is another caller's, or names a state no
+    longer kept."""
 
 
 class StateElsewhere(Exception):

@@ -16,6 +16,7 @@ from functools import cached_property
 from sqlglot import exp
 
 from .catalog import Catalog, normalise_collection_id
+from .errors import InvalidRequest
 from .schema import BY_NAME, CATEGORICAL, CONTINUOUS_NUMERIC
 
 # suffix -> (number of values, builder(column, placeholders))
@@ -34,6 +35,7 @@ _RANGE_OPS = {
     "ebtwe": (2, lambda c, p: exp.and_(exp.GTE(this=c, expression=p[0]),
                                        exp.LTE(this=c, expression=p[1]))),
 }
+RANGE_OPERATORS = tuple(_RANGE_OPS)  # the suffixes a continuous attribute's name takes
 # Beyond this many values, a value list is passed as one list parameter and matched as a set:
 # DuckDB tests an IN list of parameters value by value, row by row (5,000 UIDs took 16 s over
 # the IDC catalogue, as a set 0.17 s), while a short list is faster as a list (it is pushed
@@ -42,21 +44,33 @@ SET_MATCH_VALUES = 8
 _SUFFIX = re.compile(r"^(?P<base>.+?)_(?P<op>" + "|".join(_RANGE_OPS) + r")$", re.IGNORECASE)
 
 
-class FilterError(Exception):
-    """A filter set that cannot be compiled; `not_found` lists unknown attribute names."""
-
-    def __init__(self, message: str, not_found: list[str] | None = None):
-        super().__init__(message)
-        self.not_found = not_found or []
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Attribute:
+    """A filterable attribute: a catalogue column, or a column of a clinical table (`source`,
+    the name its clinical import gave; None for the catalogue's image data)."""
+
     name: str
     data_type: str
     units: str | None
-    source: str  # data source name
+    source: str | None = None
     table: str | None = None  # clinical table (None = the item relation)
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A column of an answer: the catalogue column `field`, behind the fixed text `prefix` if
+    any, under `name` (how the row names it)."""
+
+    name: str
+    field: str
+    prefix: str = ""
+
+    def expression(self) -> exp.Expression:
+        if self.field not in BY_NAME:
+            raise InvalidRequest(f"Invalid field {self.name}", [self.name])
+        if not self.prefix:
+            return col(self.field)
+        return exp.DPipe(this=exp.Literal.string(self.prefix), expression=col(self.field))
 
 
 @dataclass
@@ -92,8 +106,8 @@ def leading_column(select: exp.Select,
                    order: exp.Order | None = None) -> tuple[str, str] | None:
     """The column that orders a query's rows as far as its first output goes, when its order
     (`order`, else its own) starts with its first output, ascending, and that output is a
-    column of the relation it reads, as it is or behind a fixed text (as a GUID is, `dg.4DFC/`
-    || the UUID): (the column's name, that text). Else None."""
+    column of the relation it reads, as it is or behind a fixed text (an Output's prefix):
+    (the column's name, that text). Else None."""
     order = order if order is not None else select.args.get("order")
     if order is None or select.args.get("joins") or not select.expressions:
         return None
@@ -123,14 +137,14 @@ class _Params:
 def attributes(catalog: Catalog, version: int) -> dict[str, Attribute]:
     """The filterable attributes of a version: the catalogue's columns (typed by the schema)
     and every column of the version's clinical tables (typed by their stored type)."""
-    out = {c.name: Attribute(c.name, c.data_type, c.units, "dicom_pivot")
+    out = {c.name: Attribute(c.name, c.data_type, c.units)
            for c in BY_NAME.values() if c.data_type}
     for entry in catalog.clinical_tables(version):
         for name, sql_type in entry["columns"].items():
             numeric = re.match(r"(BIG|SMALL|TINY|HUGE)?INT|DOUBLE|FLOAT|DECIMAL|REAL", sql_type)
             out.setdefault(name, Attribute(
                 name, CONTINUOUS_NUMERIC if numeric else CATEGORICAL, None,
-                f"clinical.{entry['source']}", entry["table"]))
+                entry["source"], entry["table"]))
     return out
 
 
@@ -156,13 +170,13 @@ def _resolve(name: str, attrs: dict[str, Attribute]) -> tuple[Attribute, str | N
 
 def _number(attr: str, value) -> float:
     if isinstance(value, bool):
-        raise FilterError(f"Filter {attr}: {value!r} is not a number")
+        raise InvalidRequest(f"Filter {attr}: {value!r} is not a number")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise FilterError(f"Filter {attr}: {value!r} is not a number") from None
+        raise InvalidRequest(f"Filter {attr}: {value!r} is not a number") from None
     if number != number or number in (float("inf"), float("-inf")):
-        raise FilterError(f"Filter {attr}: {value!r} is not a finite number")
+        raise InvalidRequest(f"Filter {attr}: {value!r} is not a finite number")
     return number
 
 
@@ -171,11 +185,11 @@ def _condition(key: str, attr: Attribute, op: str | None, values: list, column: 
     if op is not None:
         arity, build = _RANGE_OPS[op]
         if len(values) != arity:
-            raise FilterError(f"Filter {key} takes {arity} value{'s' if arity > 1 else ''}, "
+            raise InvalidRequest(f"Filter {key} takes {arity} value{'s' if arity > 1 else ''}, "
                               f"got {len(values)}")
         numbers = [_number(key, v) for v in values]
         if arity == 2 and numbers[0] > numbers[1]:
-            raise FilterError(f"Filter {key}: the lower bound is above the upper bound")
+            raise InvalidRequest(f"Filter {key}: the lower bound is above the upper bound")
         return build(column, [params.add(n) for n in numbers])
     wants_null = any(isinstance(v, str) and v == "None" for v in values) or None in values
     rest = [v for v in values if v is not None and v != "None"]
@@ -188,7 +202,7 @@ def _condition(key: str, attr: Attribute, op: str | None, values: list, column: 
     else:
         for v in rest:
             if isinstance(v, (dict, list)):
-                raise FilterError(f"Filter {key}: values must be strings or numbers")
+                raise InvalidRequest(f"Filter {key}: values must be strings or numbers")
         strings = [str(v) for v in rest]
         text = exp.Lower(this=exp.cast(column.copy(), "VARCHAR"))
         if attr.name == "collection_id":
@@ -202,7 +216,7 @@ def _condition(key: str, attr: Attribute, op: str | None, values: list, column: 
         elif strings:
             terms.append(is_in(text, [s.lower() for s in strings], params))
     if not terms:
-        raise FilterError(f"Filter {key} has no values")
+        raise InvalidRequest(f"Filter {key} has no values")
     return exp.or_(*terms) if len(terms) > 1 else terms[0]
 
 
@@ -210,11 +224,12 @@ def where_clause(catalog: Catalog, version: int, filters: dict, hidden: frozense
                  params: _Params, item_alias: str | None = None) -> exp.Expression | None:
     """AND of one condition per filter key, plus the caller's restricted-collection exclusion."""
     if not isinstance(filters, dict):
-        raise FilterError("filters must be an object mapping attribute names to value lists")
+        raise InvalidRequest("filters must be an object mapping attribute names to value lists")
     attrs = attributes(catalog, version)
     unknown = [k for k in filters if _resolve(k, attrs) is None]
     if unknown:
-        raise FilterError(f"Invalid filter attribute(s): {', '.join(map(str, unknown))}", unknown)
+        raise InvalidRequest(f"Invalid filter attribute(s): {', '.join(map(str, unknown))}",
+                             unknown)
     conditions: list[exp.Expression] = []
     for key, raw in filters.items():
         found = _resolve(key, attrs)

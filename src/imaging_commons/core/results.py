@@ -31,9 +31,9 @@ import numpy as np
 import pyarrow as pa
 from sqlglot import exp
 
-from .cache import RecentlyUsed
 from .catalog import Catalog
 from .query import Compiled, col, leading_column
+from .recently_used import RecentlyUsed
 from .schema import BY_NAME
 
 ROW_COLUMN = "row_json"

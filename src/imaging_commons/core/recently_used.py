@@ -1,4 +1,5 @@
-"""A small in-process cache the core's parts share (results, page tokens, compiled queries)."""
+"""RecentlyUsed: the bounded, thread-safe LRU map that remembers compiled queries, result
+shapes, counts and page states for the core's parts."""
 
 from __future__ import annotations
 
