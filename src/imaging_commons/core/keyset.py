@@ -2,7 +2,7 @@
 
 A series-level result (at most the catalogue's ~1M series) is materialised once and paged by
 offset (results.py); the first page of a large one is a top-k and a count, so that it waits
-for none of the rest (Commons.page). An instance-level result at IDC's scale (58.8M rows)
+for none of the rest (Pager.page in pages.py). An instance-level result at IDC's scale (58.8M rows)
 cannot be: its page tokens carry the last row's order key instead, and a page is the first
 `limit` rows after it, read from data already in that order.
 
@@ -139,7 +139,7 @@ class KeysetPage:
     offset: int  # rows before this page
     total: int
     last_key: list | None
-    sql: str = ""  # (set by Commons.page: the query's SQL as a page echoes it)
+    sql: str = ""  # (set by Pager.page: the query's SQL as a page echoes it)
     by_key: bool = True  # the next page is read by key (else by offset, materialised)
 
     complete = True
