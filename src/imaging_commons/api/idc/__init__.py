@@ -4,7 +4,7 @@ result's own buffers.
 
 Contract: docs/specs/idc-api-v1.md. Every JSON body carries `code` equal to the HTTP status;
 paths are served with and without a trailing slash, and at the notebook's alternate paths.
-The route modules register their handlers on `router` as they are imported, in this order."""
+The route modules register their handlers on `router` as they are imported."""
 
 from . import cohorts, descriptive, manifests, queries  # noqa: F401  (they register routes)
 from .routing import router
