@@ -1155,3 +1155,47 @@ def test_bad_ids_and_nul_text_are_4xx_on_postgresql(small_archive, postgres_url)
             r = requests.request(method, live.url + path, headers=h, **kw)
             assert r.status_code == status and r.json()["code"] == status, (path, r.text)
         assert requests.get(f"{live.url}/v1/cohorts", headers=h).json()["cohorts"] == []
+
+
+# ----- the OpenAPI description --------------------------------------------------------------
+SAMPLE_VALUES = {"boolean": "false", "integer": "1", "string": "x", "array": ["x"]}
+
+
+def test_the_openapi_declares_each_idc_operations_parameters_bodies_and_answers(server):
+    """/v1/openapi.json (what /v1/swagger shows) declares every operation's query parameters,
+    typed, its JSON body and its answers' models, and the bearer token; each declared
+    parameter is one the handler takes (sent, it is never refused as unknown)."""
+    doc = requests.get(f"{server.url}/v1/openapi.json").json()
+    assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    ops = {(method.upper(), path): op for path, item in doc["paths"].items()
+           for method, op in item.items()}
+    assert len(ops) == 19
+
+    def query(method: str, path: str) -> dict:
+        return {p["name"]: p["schema"] for p in ops[method, path].get("parameters", [])
+                if p["in"] == "query"}
+
+    page_size = query("GET", "/v1/dicomMetadata")["page_size"]
+    assert (page_size["type"], page_size["minimum"], page_size["maximum"]) == (
+        "integer", 1, Archive.max_page_size)
+    assert set(query("POST", "/v1/cohorts/manifest/preview")) == {
+        "CRDC_Study_GUID", "CRDC_Series_GUID", "CRDC_Instance_GUID", "GCS_URL", "Collection_ID",
+        "Patient_ID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Source_DOI",
+        "sql", "page_size", "next_page"}
+    assert query("GET", "/v1/cohorts/query/{cohort_id}")["fields"]["type"] == "array"
+    assert ops["GET", "/v1/cohorts/query/nextPage"]["parameters"][0]["required"]
+    definition = ops["POST", "/v1/cohorts"]["requestBody"]["content"]["application/json"]
+    assert set(definition["schema"]["properties"]) == {"name", "description", "filters",
+                                                       "filterSet"}
+    h = auth(server.user_token("openapi-reader"))
+    for (method, path), op in ops.items():
+        answer = op["responses"]["200"]["content"]["application/json"]["schema"]
+        assert answer["$ref"].startswith("#/components/schemas/"), (method, path)
+        assert op["security"] == [{"HTTPBearer": []}]
+        params = {name: SAMPLE_VALUES[schema["type"]]
+                  for name, schema in query(method, path).items()}
+        r = requests.request(method, server.url + path.replace("{cohort_id}", "1"),
+                             params=params, headers=h, timeout=60)
+        assert r.status_code < 500, (method, path, r.text)
+        assert not re.match(r"Invalid (key|argument|query parameter) ",
+                            r.json().get("message", "")), (method, path, r.text)
