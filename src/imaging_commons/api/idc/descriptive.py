@@ -43,6 +43,13 @@ def source_json(source: DataSource) -> dict:
             else "Clinical, Biospecimen, and Mutation Data"}
 
 
+def asked_version(request: Request, *others: str) -> tuple[int, dict[str, str]]:
+    """The data version a descriptive request names (the active one if none), and its
+    parameters: idc_data_version and `others`, no more."""
+    params = strict_params(request, {"idc_data_version", *others}, "Invalid argument")
+    return version_number(request, params.get("idc_data_version")), params
+
+
 @route("GET", "/about", summary="About this API", responses=answers(AboutAnswer))
 def about(request: Request):
     base = str(request.base_url).rstrip("/")
@@ -81,8 +88,7 @@ def versions(request: Request):
 @route("GET", "/collections", summary="Collections of a data version",
        responses=answers(CollectionsAnswer), openapi_extra=documented(DATA_VERSION))
 def collections(request: Request, user: User | None = Depends(optional_user)):
-    params = strict_params(request, {"idc_data_version"}, "Invalid argument")
-    number = version_number(request, params.get("idc_data_version"))
+    number, _ = asked_version(request)
     return ok({"collections": [{
         "collection_id": c.collection_id,
         "cancer_type": c.cancer_type,
@@ -102,8 +108,7 @@ def collections(request: Request, user: User | None = Depends(optional_user)):
 @route("GET", "/analysis_results", summary="Analysis results of a data version",
        responses=answers(AnalysisResultsAnswer), openapi_extra=documented(DATA_VERSION))
 def analysis_results(request: Request):
-    params = strict_params(request, {"idc_data_version"}, "Invalid argument")
-    number = version_number(request, params.get("idc_data_version"))
+    number, _ = asked_version(request)
     return ok({"analysisResults": [{
         "active": r.active,
         "analysis_result_id": r.analysis_result_id,
@@ -123,8 +128,7 @@ def analysis_results(request: Request):
 @route("GET", "/attributes", summary="Filter attributes of a data version",
        responses=answers(AttributesAnswer), openapi_extra=documented(DATA_VERSION, DATA_SOURCE))
 def attributes(request: Request):
-    params = strict_params(request, {"idc_data_version", "data_source"}, "Invalid argument")
-    number = version_number(request, params.get("idc_data_version"))
+    number, params = asked_version(request, "data_source")
     wanted = params.get("data_source")
     label = version_label(number)
     registry: dict[str, list[dict]] = {}
