@@ -12,16 +12,18 @@ from sqlalchemy import create_engine, text
 
 from conftest import postgres_schema_url
 from imaging_commons.core.accounts import (
-    COHORT_DELETED,
-    COHORT_NOT_FOUND,
-    COHORT_NOT_OWNER,
     OWNER,
     READER,
-    AccountError,
     Accounts,
-    Forbidden,
+    CohortDeletion,
     InvalidToken,
+)
+from imaging_commons.core.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
     NotFound,
+    Unauthenticated,
 )
 from imaging_commons.core.paging import InvalidPageToken, PageTokens, StateElsewhere
 
@@ -131,7 +133,7 @@ def test_sqlite_runs_in_wal_mode(tmp_path):
 
 def test_duplicate_user_refused(accounts):
     accounts.add_user("alice", "pw")
-    with pytest.raises(AccountError, match="User alice already exists"):
+    with pytest.raises(Conflict, match="User alice already exists"):
         accounts.add_user("alice", "other")
     assert accounts.authenticate("alice", "pw") is not None
 
@@ -142,7 +144,7 @@ def test_set_password_list_and_delete_users(accounts):
     accounts.set_password("alice", "new")
     assert accounts.authenticate("alice", "old") is None
     assert accounts.authenticate("alice", "new") is not None
-    with pytest.raises(AccountError):
+    with pytest.raises(NotFound):
         accounts.set_password("nobody", "x")
     assert [u.username for u in accounts.list_users()] == ["alice", "bob"]
     assert accounts.delete_user("alice") is True
@@ -157,9 +159,9 @@ def test_guest(accounts):
     assert accounts.guest_user().id == guest.id
     assert accounts.authenticate("nbia_guest", "anything at all") == guest
     assert accounts.authenticate("nbia_guest", "") == guest
-    with pytest.raises(AccountError):
+    with pytest.raises(InvalidRequest):
         accounts.add_user("nbia_guest", "pw")
-    with pytest.raises(AccountError):
+    with pytest.raises(InvalidRequest):
         accounts.grant("nbia_guest", "tcga-luad")
     assert accounts.granted_collections(guest) == frozenset()
 
@@ -175,6 +177,7 @@ def test_token_round_trip(accounts):
     with pytest.raises(InvalidToken) as err:  # a refresh token is not a bearer token
         accounts.user_for_token(pair.refresh_token)
     assert err.value.reason == "unknown"
+    assert isinstance(err.value, Unauthenticated) and err.value.message == "Invalid or unknown token"
 
 
 def test_only_token_hashes_are_stored(accounts, database_url):
@@ -272,7 +275,7 @@ def test_grants(accounts):
     assert accounts.revoke_grant("alice", "TCGA-luad") is True
     assert accounts.revoke_grant("alice", "tcga-luad") is False
     assert accounts.granted_collections(alice) == {"restricted_one"}
-    with pytest.raises(AccountError):
+    with pytest.raises(NotFound):
         accounts.grant("nobody", "x")
 
 
@@ -306,7 +309,7 @@ def test_cohort_permissions_and_sharing(accounts):
         accounts.share_cohort(bob, cohort.cohort_id, "carol")
     with pytest.raises(NotFound):
         accounts.share_cohort(alice, cohort.cohort_id + 100, "bob")
-    with pytest.raises(AccountError):
+    with pytest.raises(NotFound):
         accounts.share_cohort(alice, cohort.cohort_id, "nobody")
 
     accounts.share_cohort(alice, cohort.cohort_id, "bob")
@@ -317,7 +320,7 @@ def test_cohort_permissions_and_sharing(accounts):
     # A reader can neither re-share nor delete.
     with pytest.raises(Forbidden):
         accounts.share_cohort(bob, cohort.cohort_id, "carol")
-    assert accounts.delete_cohort(bob, cohort.cohort_id) == COHORT_NOT_OWNER
+    assert accounts.delete_cohort(bob, cohort.cohort_id) is CohortDeletion.NOT_OWNER
     assert accounts.list_cohorts(carol) == []
     with pytest.raises(Forbidden):
         accounts.get_cohort(carol, cohort.cohort_id)
@@ -328,15 +331,29 @@ def test_delete_cohort(accounts):
     bob = accounts.add_user("bob", "pw")
     cohort = accounts.create_cohort(alice, "c", "", {}, 25)
     accounts.share_cohort(alice, cohort.cohort_id, "bob")
-    assert accounts.delete_cohort(bob, cohort.cohort_id) == COHORT_NOT_OWNER
-    assert accounts.delete_cohort(alice, cohort.cohort_id) == COHORT_DELETED
-    assert accounts.delete_cohort(alice, cohort.cohort_id) == COHORT_NOT_FOUND
+    assert accounts.delete_cohort(bob, cohort.cohort_id) is CohortDeletion.NOT_OWNER
+    assert accounts.delete_cohort(alice, cohort.cohort_id) is CohortDeletion.DELETED
+    assert accounts.delete_cohort(alice, cohort.cohort_id) is CohortDeletion.NOT_FOUND
+    assert accounts.delete_cohort(alice, 2**31) is CohortDeletion.NOT_FOUND  # past the ids
     assert accounts.list_cohorts(bob) == []
     with pytest.raises(NotFound):
         accounts.get_cohort(alice, cohort.cohort_id)
     # Ids are never reused, so a stale id cannot reach someone else's new cohort.
     assert accounts.create_cohort(bob, "new", "", {}, 25).cohort_id > cohort.cohort_id
-    assert len({COHORT_DELETED, COHORT_NOT_FOUND, COHORT_NOT_OWNER}) == 3
+
+
+def test_cohort_refusals_name_the_cohort(accounts):
+    alice = accounts.add_user("alice", "pw")
+    bob = accounts.add_user("bob", "pw")
+    cohort = accounts.create_cohort(alice, "c", "", {}, 25)
+    for missing in (cohort.cohort_id + 100, 2**31, 0):
+        with pytest.raises(NotFound) as err:
+            accounts.get_cohort(alice, missing)
+        assert (err.value.message, err.value.not_found) == (
+            f"Cohort {missing} not found", [str(missing)])
+    with pytest.raises(Forbidden, match=f"^You do not have permission to access cohort "
+                                        f"{cohort.cohort_id}$"):
+        accounts.get_cohort(bob, cohort.cohort_id)
 
 
 # -- shared lists --------------------------------------------------------------------------
@@ -344,27 +361,48 @@ def test_delete_cohort(accounts):
 def test_shared_lists(accounts, clock):
     alice = accounts.add_user("alice", "pw")
     uids = ["1.2.3.4", "1.2.3.5"]
-    made = accounts.create_shared_list(alice, "my cart", "two series", "http://x/y", uids)
+    made = accounts.create_shared_list(alice, "my cart", "two series", "http://x/y",
+                                       uids + uids[:1], visible=_all)
     assert made == accounts.get_shared_list("my cart")
     assert (made.series_uids, made.owner, made.url, made.created) == (
-        uids, "alice", "http://x/y", clock.now)
-    with pytest.raises(AccountError, match="A list named my cart already exists"):
-        accounts.create_shared_list(None, "my cart", None, None, ["9.9"])
+        uids, "alice", "http://x/y", clock.now)  # each series once, in the order given
+    with pytest.raises(Conflict, match="^Duplicate list name$"):
+        accounts.create_shared_list(None, "my cart", None, None, ["9.9"], visible=_all)
     assert accounts.get_shared_list("my cart").series_uids == uids
-    anonymous = accounts.create_shared_list(None, "anon", None, None, [])
+    anonymous = accounts.create_shared_list(None, "anon", None, None, [], visible=_all)
     assert anonymous.owner is None and anonymous.series_uids == []
     assert accounts.get_shared_list("missing") is None
     accounts.delete_user("alice")
     assert accounts.get_shared_list("my cart").owner is None
 
 
+def _all(uids):
+    return uids
+
+
+def test_a_shared_list_holds_only_series_its_maker_sees(accounts):
+    alice = accounts.add_user("alice", "pw")
+    asked = []
+
+    def visible(uids):
+        asked.append(list(uids))
+        return [u for u in uids if u != "1.2.3.5"]
+
+    with pytest.raises(InvalidRequest) as err:
+        accounts.create_shared_list(alice, "cart", None, None, ["1.2.3.4", "1.2.3.5", "1.2.3.5"],
+                                    visible=visible)
+    assert err.value.message == "User does not have permission for all series in list"
+    assert err.value.not_found == ["1.2.3.5"] and asked == [["1.2.3.4", "1.2.3.5"]]
+    assert accounts.get_shared_list("cart") is None
+
+
 @pytest.mark.parametrize("name", ["x" * 256, "nul\x00name"])
 def test_names_the_columns_cannot_hold_are_refused(accounts, name):
     owner = accounts.add_user("namer", "pw")
-    with pytest.raises(AccountError):
+    with pytest.raises(InvalidRequest):
         accounts.create_cohort(owner, name, "", {"Modality": ["CT"]}, 1)
-    with pytest.raises(AccountError):
-        accounts.create_shared_list(owner, name, None, None, ["1.2.3"])
+    with pytest.raises(InvalidRequest):
+        accounts.create_shared_list(owner, name, None, None, ["1.2.3"], visible=_all)
     assert accounts.list_cohorts(owner) == [] and accounts.get_shared_list(name) is None
     assert accounts.get_user(name) is None and accounts.authenticate(name, "pw") is None
 

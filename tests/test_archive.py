@@ -26,10 +26,11 @@ from pydicom.sr.codedict import codes
 import imaging_commons
 from conftest import postgres_schema_url
 from imaging_commons.config import Archive
-from imaging_commons.core import catalog as catalog_module
 from imaging_commons.core.accounts import OWNER
-from imaging_commons.core.catalog import ITEM_COLUMNS, CatalogError
+from imaging_commons.core.catalog import ITEM_COLUMNS
+from imaging_commons.core.catalog import store as catalog_store
 from imaging_commons.core.demo import pydicom_sample_dir
+from imaging_commons.core.errors import Conflict, InvalidRequest
 from imaging_commons.core.front_door import Commons
 from imaging_commons.core.ingest import ingest, publish, stage_clinical
 from imaging_commons.core.schema import CATEGORICAL, CONTINUOUS_NUMERIC, DICOM_METADATA_COLUMNS
@@ -265,7 +266,7 @@ def test_reingest_is_idempotent(small_archive):
     report = ingest(commons.catalog, [SAMPLES], "pydicom_samples")
     assert (report.ingested, report.unchanged) == (0, len(before))
     assert commons.catalog.stage() == {}  # nothing changed: nothing to publish
-    with pytest.raises(CatalogError, match="Nothing is staged"):
+    with pytest.raises(Conflict, match="Nothing is staged"):
         publish(commons.catalog)
     assert [v.version for v in commons.catalog.versions()] == [1]
     assert all_rows(commons, 1) == before
@@ -309,7 +310,7 @@ def test_published_files_are_never_modified_by_later_publishes(small_archive, ex
     after = tree_hashes(*published)
     assert {p: after.get(p) for p in before} == before
     assert len(after) > len(before)  # the later publishes did write files of their own
-    with pytest.raises(CatalogError, match="immutable"):
+    with pytest.raises(Conflict, match="immutable"):
         catalog.publish_version({"items": []}, number=1)
 
 
@@ -318,7 +319,7 @@ def test_crash_right_before_the_publish_flip_leaves_the_previous_version(small_a
     class InjectedCrash(Exception):
         pass
 
-    real_write = catalog_module.write_json_atomic
+    real_write = catalog_store.write_json_atomic
 
     def crash_on_flip(path, data):
         if Path(path).name == "published.json":
@@ -328,7 +329,7 @@ def test_crash_right_before_the_publish_flip_leaves_the_previous_version(small_a
     commons = Commons(small_archive)
     old_rows = all_rows(commons, 1)
     ingest(commons.catalog, [extras["dir"] / "seg.dcm"], "crash_test")
-    monkeypatch.setattr(catalog_module, "write_json_atomic", crash_on_flip)
+    monkeypatch.setattr(catalog_store, "write_json_atomic", crash_on_flip)
     with pytest.raises(InjectedCrash):
         publish(commons.catalog)
     monkeypatch.undo()
@@ -337,7 +338,7 @@ def test_crash_right_before_the_publish_flip_leaves_the_previous_version(small_a
     assert [v.version for v in reopened.catalog.versions()] == [1]
     assert reopened.catalog.active_version() == 1
     assert all_rows(reopened, 1) == old_rows
-    with pytest.raises(CatalogError):
+    with pytest.raises(InvalidRequest, match="Unknown data version 2"):
         reopened.catalog.version(2)
     # the stage survived the crash: publishing again completes the job
     assert publish(reopened.catalog) == 2
@@ -565,7 +566,7 @@ def test_parallel_ingest_stages_exactly_what_a_serial_one_does(tmp_path):
 def test_files_too_large_for_memory_are_streamed_to_the_same_rows(tmp_path, monkeypatch):
     """Files above ingest's in-memory limit are parsed from disk and copied in chunks; the
     rows (hashes, sizes, CRCs, values) and the reasons for skips must not change."""
-    from imaging_commons.core import ingest as ingest_module
+    from imaging_commons.core.ingest import blobs
 
     def staged(name: str):
         commons = Commons(Archive(tmp_path / name))
@@ -578,7 +579,7 @@ def test_files_too_large_for_memory_are_streamed_to_the_same_rows(tmp_path, monk
         return report, rows, blobs
 
     in_memory = staged("memory")
-    monkeypatch.setattr(ingest_module, "IN_MEMORY_LIMIT", 0)  # every file streamed
+    monkeypatch.setattr(blobs, "IN_MEMORY_LIMIT", 0)  # every file streamed
     streamed = staged("streamed")
     assert streamed[1] == in_memory[1] and len(in_memory[1]) > 100
     assert streamed[2] == in_memory[2]
@@ -606,7 +607,7 @@ def test_a_publish_stopped_after_the_flip_is_not_published_twice(tmp_path, monke
     monkeypatch.undo()
     assert publish(commons.catalog) == 1
     assert [v.version for v in commons.catalog.versions()] == [1]
-    with pytest.raises(CatalogError):
+    with pytest.raises(Conflict):
         publish(commons.catalog)  # the stage is gone now
 
 

@@ -34,11 +34,12 @@ from pydicom.uid import PYDICOM_ROOT_UID
 import imaging_commons
 from imaging_commons.cli import main
 from imaging_commons.config import Archive
-from imaging_commons.core import ingest as ingest_module
-from imaging_commons.core.catalog import WRITER_BUSY, Catalog, CatalogError
+from imaging_commons.core.catalog import WRITER_BUSY, Catalog, WriterBusy
 from imaging_commons.core.demo import pydicom_sample_dir
+from imaging_commons.core.errors import Conflict, InvalidRequest
 from imaging_commons.core.front_door import Commons
 from imaging_commons.core.ingest import MAX_FILE_SIZE_ENV, ingest, iter_files, publish
+from imaging_commons.core.ingest.files import FirstBytes, open_regular
 
 SAMPLES = pydicom_sample_dir()
 CT = SAMPLES / "CT_small.dcm"
@@ -323,18 +324,18 @@ def test_files_over_the_size_limit_are_skipped(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=MAX_FILE_SIZE_ENV):
         Archive.from_env(tmp_path / "archive")
     monkeypatch.setenv(MAX_FILE_SIZE_ENV, "-1")
-    with pytest.raises(CatalogError, match=MAX_FILE_SIZE_ENV):
+    with pytest.raises(InvalidRequest, match=MAX_FILE_SIZE_ENV):
         ingest(Catalog(Archive.from_env(tmp_path / "archive")), [MR], "sized")
 
 
 def test_a_file_growing_while_read_is_read_to_its_size_when_opened(tmp_path):
     path = tmp_path / "growing.dcm"
     shutil.copy(CT, path)
-    opened = ingest_module._open_regular(path, Archive(tmp_path).max_file_size)
+    opened = open_regular(path, Archive(tmp_path).max_file_size)
     assert opened[1] == CT.stat().st_size
     with path.open("ab") as more:
         more.write(b"\0" * 3_000_000)
-    with ingest_module._FirstBytes(*opened) as source:
+    with FirstBytes(*opened) as source:
         assert source.readall() == CT.read_bytes()
         source.seek(0)
         assert b"".join(iter(partial(source.read, 4096), b"")) == CT.read_bytes()
@@ -408,7 +409,8 @@ def test_a_second_writer_is_refused_while_one_holds_the_archive(tmp_path):
             [_raised(ingest, catalog, [CT], "x")]))
         other.start()
         other.join()
-        assert isinstance(refused[0], CatalogError) and str(refused[0]) == WRITER_BUSY
+        assert isinstance(refused[0], WriterBusy) and isinstance(refused[0], Conflict)
+        assert str(refused[0]) == WRITER_BUSY
         assert ingest(catalog, [CT], "x").ingested == 1
     result = run_cli(archive, "ingest", str(MR), "--collection", "x", "--publish",
                      "--no-progress")

@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .config import ARCHIVE_ENV, Archive
+from .core.errors import CommonsError, NotFound
 
 
 def _archive(ctx: click.Context) -> Archive:
@@ -32,9 +33,9 @@ def _fail(message: str, code: int = 1):
 
 
 class _Cli(click.Group):
-    """Turns the core's expected errors, usage mistakes and storage faults (a read-only, full
-    or forbidden archive disk: see core.storage) into one-line messages and a non-zero exit
-    code (1: the command failed, 2: it was called wrong)."""
+    """Turns the core's refusals (CommonsError), usage mistakes and storage faults (a
+    read-only, full or forbidden archive disk: see core.storage) into one-line messages and a
+    non-zero exit code (1: the command failed, 2: it was called wrong, settings included)."""
 
     def main(self, *args, **kwargs):
         kwargs["standalone_mode"] = False
@@ -48,14 +49,12 @@ class _Cli(click.Group):
             _fail(e.format_message(), e.exit_code)
 
     def invoke(self, ctx):
-        from .core.accounts import AccountError
-        from .core.catalog import CatalogError
         from .core.storage import storage_problem
 
         try:
             return super().invoke(ctx)
-        except (CatalogError, AccountError, FileNotFoundError) as e:
-            _fail(str(e))
+        except CommonsError as e:
+            _fail(e.message)
         except Exception as e:
             archive = (ctx.obj or {}).get("archive")
             problem = storage_problem(e, archive.root if archive else None)
@@ -268,7 +267,7 @@ def users_revoke(ctx, username, collection):
     from .core.catalog import normalise_collection_id
 
     if not _commons(ctx).accounts.revoke_grant(username, normalise_collection_id(collection)):
-        _fail(f"{username} had no grant for {collection}")
+        raise NotFound(f"{username} had no grant for {collection}")
     click.echo("revoked")
 
 
@@ -287,7 +286,7 @@ def cohorts_share(ctx, cohort_id, username, owner):
     accounts = _commons(ctx).accounts
     owner_user = accounts.get_user(owner)
     if owner_user is None:
-        _fail(f"no such user: {owner}")
+        raise NotFound(f"no such user: {owner}", not_found=[owner])
     accounts.share_cohort(owner_user, cohort_id, username)
     click.echo(f"cohort {cohort_id} shared with {username} (READER)")
 

@@ -46,7 +46,8 @@ async def api_error_handler(request: Request, exc: ApiError):
 
 # The one place where the core's refusals become statuses: the kinds both APIs answer alike,
 # then each API's own differences (NBIA's server answers a clash, such as a shared list name
-# already taken, with a 400). Sign-in throttling is a 429 with Retry-After.
+# already taken, with a 400). Sign-in throttling is a 429 with Retry-After; a 401 asks for a
+# bearer token (WWW-Authenticate).
 STATUS_OF: dict[type[core.CommonsError], int] = {
     core.InvalidRequest: 400,
     core.TooLarge: 400,
@@ -70,8 +71,9 @@ def status_of(exc: core.CommonsError, idc: bool) -> int:
 async def commons_error_handler(request: Request, exc: core.CommonsError):
     idc = _is_idc(request)
     status = status_of(exc, idc)
-    headers = ({"Retry-After": str(exc.retry_after)}
-               if isinstance(exc, core.TooManyAttempts) else None)
+    headers = ({"Retry-After": str(exc.retry_after)} if isinstance(exc, core.TooManyAttempts)
+               else {"WWW-Authenticate": "Bearer"} if isinstance(exc, core.Unauthenticated)
+               else None)
     if idc:
         return idc_error(status, exc.message, exc.not_found, headers)
     return PlainTextResponse(exc.message, status_code=status, headers=headers)

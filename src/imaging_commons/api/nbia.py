@@ -27,7 +27,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from ..core.accounts import AccountError, User
+from ..core.accounts import User
 from ..core.catalog import normalise_collection_id, stable_pk
 from ..core.dicom_rows import is_uid
 from ..core.search import (
@@ -935,19 +935,9 @@ SHARED_LIST_PARAMETERS = ("list", "name", "description", "url")
 def create_shared_list(request: Request, user: Caller, scope: CallerScope, search: Search,
                        params: Params = Depends(taking(*SHARED_LIST_PARAMETERS))) -> Response:
     """Save a cart: the series in `list` (repeated) under a unique `name`"""
-    name = params.required("name")
-    uids = list(dict.fromkeys(params.required_items()))
-    if len(search.visible_series_uids(scope, uids)) != len(uids):
-        raise ApiError(400, "User does not have permission for all series in list")
-    accounts = commons_of(request).accounts
-    if accounts.get_shared_list(name) is not None:
-        raise ApiError(400, "Duplicate list name")
-    try:
-        accounts.create_shared_list(user, name, params.get("description"), params.get("url"),
-                                    uids)
-    except AccountError as e:  # a bad name, or created by a concurrent request since the check
-        raise ApiError(400, "Duplicate list name" if "already exists" in str(e) else str(e)) \
-            from None
+    commons_of(request).accounts.create_shared_list(
+        user, params.required("name"), params.get("description"), params.get("url"),
+        params.required_items(), visible=lambda uids: search.visible_series_uids(scope, uids))
     return PlainTextResponse("List created")
 
 

@@ -43,15 +43,20 @@ import pyarrow.parquet as pq
 from .catalog import (
     COMPACTED_PREFIX,
     ITEM_ORDER,
-    WRITER_BUSY,
     Catalog,
-    CatalogError,
+    WriterBusy,
     copy_to_parquet,
     write_json_atomic,
 )
+from .errors import Conflict
 from .keyset import segment_of, write_indexes
 
 log = logging.getLogger(__name__)
+
+
+class CompactionBusy(Conflict):
+    """Another compaction is running on the archive."""
+
 
 MERGE_BELOW_ROWS = 8_000_000  # segments this large are left as they are
 GRACE_S = 600.0  # how long a superseded file outlives the manifests that named it
@@ -75,7 +80,7 @@ def compact(catalog: Catalog, min_segments: int = 4,
             merge_below_rows: int = MERGE_BELOW_ROWS, grace_s: float = GRACE_S) -> Compaction:
     """Merge the ingested segments smaller than `merge_below_rows` rows when there are at least
     `min_segments` of them, then remove the files no version needs any more. Raises
-    CatalogError when another compaction runs on the archive."""
+    CompactionBusy when another compaction runs on the archive."""
     with _compaction_lock(catalog):
         _finish_interrupted(catalog)
         small = [f for f in catalog.ingested_segments()
@@ -148,9 +153,7 @@ def _swap(catalog: Catalog, merged: list[str], folded: list[str], into: str) -> 
                                    catalog.generation + 1)
                 catalog.replace_files(changed)
                 return True
-        except CatalogError as e:
-            if str(e) != WRITER_BUSY:
-                raise
+        except WriterBusy:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.5)
@@ -175,9 +178,8 @@ def _count_instances(catalog: Catalog) -> None:
                        for number in missing if "instances" not in manifests[number]}
             if changed:
                 catalog.replace_files(changed)
-    except CatalogError as e:
-        if str(e) != WRITER_BUSY:
-            raise
+    except WriterBusy:
+        pass  # counted by the next compaction
 
 
 def _manifests(catalog: Catalog) -> dict[int, dict]:
@@ -241,10 +243,8 @@ def _sweep(catalog: Catalog, grace_s: float) -> list[str]:
             if kept != entries:
                 write_json_atomic(_superseded_file(catalog), kept)
             return sorted(deleted)
-    except CatalogError as e:
-        if str(e) == WRITER_BUSY:
-            return []  # a writer is busy: the next compaction sweeps
-        raise
+    except WriterBusy:
+        return []  # a writer is busy: the next compaction sweeps
 
 
 @contextmanager
@@ -256,7 +256,7 @@ def _compaction_lock(catalog: Catalog) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CatalogError("another compaction is running on this archive") from None
+            raise CompactionBusy("another compaction is running on this archive") from None
         yield
     finally:
         os.close(fd)
@@ -285,7 +285,7 @@ class Compactor:
                 done = compact(self.catalog)
                 if done.into or done.deleted:
                     log.info("compaction: %s", done.line())
-            except CatalogError:
+            except CompactionBusy:
                 continue  # another compaction runs; this one waits for its next turn
             except Exception:
                 log.exception("compaction failed; published versions are unchanged")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .catalog import CatalogError
+from .errors import Conflict
 from .idc_import import import_idc
 from .ingest import ingest, publish
 
@@ -35,5 +35,5 @@ def build_demo(commons, echo=print) -> None:
         echo(line)
     try:
         echo(f"published version {publish(catalog)}")
-    except CatalogError as e:
+    except Conflict as e:  # nothing staged (the samples were there already)
         echo(f"nothing published: {e}")

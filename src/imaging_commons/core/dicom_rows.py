@@ -30,6 +30,7 @@ from pydicom.uid import (
     EnhancedSRStorage,
 )
 
+from imaging_commons.core.errors import InvalidRequest
 from imaging_commons.core.schema import COLUMNS, SQL_TYPES
 
 __all__ = ["ARCHIVE_COLUMNS", "DICOM_COLUMNS", "NotDicom", "instance_row", "is_uid",
@@ -87,7 +88,7 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _NO_PREAMBLE = "not a DICOM file (no DICM preamble)"
 
 
-class NotDicom(Exception):
+class NotDicom(InvalidRequest):
     """The file cannot give a catalogue row; ``str()`` is a one-line reason for the skip log."""
 
 

@@ -8,7 +8,7 @@ from functools import cached_property
 
 from ..config import Archive
 from .accounts import Accounts, User
-from .catalog import Catalog, CatalogError
+from .catalog import Catalog, NothingPublished
 from .descriptions import AnalysisResult, Collection, DataVersion, Descriptions, ListedAttribute
 from .keyset import KeysetPages
 from .pages import AnyPage, Pager
@@ -37,7 +37,7 @@ class Commons:
         return SignInThrottle(self.archive.login_free_failures, self.archive.login_max_delay_s)
 
     def sign_in(self, username: str, password: str, address: str | None) -> User | None:
-        """The user a password signs in, or None; raises TooManyFailures, unchecked, while
+        """The user a password signs in, or None; raises TooManyAttempts, unchecked, while
         the name or the caller's address must wait after too many wrong passwords."""
         self.sign_ins.check(username, address)
         user = self.accounts.authenticate(username, password)
@@ -59,7 +59,7 @@ class Commons:
         calls this in the background at start)."""
         try:
             self.search.index(self.catalog.active_version())
-        except CatalogError:
+        except NothingPublished:
             return  # nothing published yet: nothing to warm
 
     @cached_property

@@ -15,13 +15,13 @@ from .catalog import (
     ITEM_ORDER,
     RANKED_KEYS,
     Catalog,
-    CatalogError,
     _q,
     copy_to_parquet,
     items_select,
     one_row,
     rank_column,
 )
+from .errors import Conflict, Unavailable
 from .search_index import build_search_index
 
 
@@ -39,7 +39,7 @@ def index_dir() -> Path:
     import idc_index_data
 
     if idc_index_data.IDC_INDEX_PARQUET_FILEPATH is None:
-        raise CatalogError("the idc-index-data package holds no idc_index.parquet")
+        raise Unavailable("the idc-index-data package holds no idc_index.parquet")
     return Path(idc_index_data.IDC_INDEX_PARQUET_FILEPATH).parent
 
 
@@ -72,7 +72,7 @@ def _series_rows_sql(d: Path, current: bool) -> str:
 def import_idc(catalog: Catalog, progress=None) -> ImportSummary:
     """Import the IDC index into an archive that has no published version yet."""
     if catalog._state()["versions"]:
-        raise CatalogError("import-idc builds versions 1..25 and must run on a new archive "
+        raise Conflict("import-idc builds versions 1..25 and must run on a new archive "
                            "(this one already has published versions).")
     d = index_dir()
     con = catalog.connection()

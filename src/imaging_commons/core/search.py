@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from .accounts import User
 from .catalog import (
     Catalog,
-    CatalogError,
+    NothingPublished,
     normalise_collection_id,
     one_row,
     parquet_scan,
@@ -363,7 +363,7 @@ class CatalogSearch:
         """The active version as this caller may see it."""
         try:
             version = self.catalog.active_version()
-        except CatalogError as exc:  # nothing published yet
+        except NothingPublished as exc:
             raise SearchError(str(exc)) from None
         return Scope(self.index(version), self.commons.hidden_collections(user, version))
 

@@ -20,20 +20,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .errors import TooManyAttempts
+
 # How many names and addresses are remembered at once; the least recently failed go first.
 _CAPACITY = 100_000
 # An address stands for up to this many people's mistakes.
 _ADDRESS_FACTOR = 4
 # Failures this long ago are forgotten.
 _FORGET_AFTER_S = 24 * 3600
-
-
-class TooManyFailures(Exception):
-    """Sign-in refused unchecked: the name or the address is waiting `retry_after` seconds."""
-
-    def __init__(self, retry_after: int):
-        super().__init__(f"Too many failed sign-ins: try again in {retry_after} s")
-        self.retry_after = retry_after
 
 
 @dataclass
@@ -57,14 +51,16 @@ class SignInThrottle:
         return [("name", username)] + ([("address", address)] if address else [])
 
     def check(self, username: str, address: str | None) -> None:
-        """Raise TooManyFailures while the name or the address is waiting."""
+        """Raise TooManyAttempts while the name or the address is waiting."""
         now = self._clock()
         with self._lock:
             waits = [f.blocked_until - now for key in self._keys(username, address)
                      if (f := self._failures.get(key)) is not None]
         wait = max(waits, default=0)
         if wait > 0:
-            raise TooManyFailures(math.ceil(wait))
+            retry_after = math.ceil(wait)
+            raise TooManyAttempts(f"Too many failed sign-ins: try again in {retry_after} s",
+                                  retry_after)
 
     def failed(self, username: str, address: str | None) -> None:
         now = self._clock()

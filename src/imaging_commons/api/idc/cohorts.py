@@ -8,11 +8,10 @@ from typing import Any
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
-from ...core.accounts import AccountError, Forbidden, NotFound, User
+from ...core.accounts import MAX_COHORT_ID, CohortDeletion, User
 from ...core.errors import InvalidRequest
 from ..auth import required_user
 from ..context import commons_of
-from ..errors import ApiError
 from .models import (
     CohortCreatedAnswer,
     CohortDefinition,
@@ -24,10 +23,6 @@ from .models import (
 )
 from .params import body_bytes, cohort_definition, filter_set, json_body, only_keys, strict_params
 from .routing import ok, route
-
-# cohort ids are the accounts database's INTEGER keys (32-bit on PostgreSQL): no id outside
-# this range exists, and asking the database for one is an overflow error, not a miss
-MAX_COHORT_ID = 2**31 - 1
 
 
 def cohort_json(cohort, permission: str | None = None) -> dict:
@@ -67,7 +62,7 @@ def create_cohort(request: Request, user: User = Depends(required_user),
     try:
         cohort = commons.accounts.create_cohort(user, name.strip(), definition["description"],
                                                 definition["filters"], definition["version"])
-    except AccountError as e:
+    except InvalidRequest as e:
         raise InvalidRequest(f"{e}. The cohort was not made.") from None
     props = {k: v for k, v in cohort_json(cohort).items() if k != "owner"}
     return ok({"cohort_properties": props, **props})
@@ -92,10 +87,17 @@ def _cohort_ids(raw: Any) -> list[int]:
     return ids
 
 
+# IDC's words for what deleting a cohort came to
+DELETION_RESULTS = {CohortDeletion.DELETED: "Cohort deleted",
+                    CohortDeletion.NOT_FOUND: "Cohort not found",
+                    CohortDeletion.NOT_OWNER: "Not the owner of this cohort"}
+
+
 def _delete(request: Request, user: User, raw: Any) -> JSONResponse:
     """One result per id; every id is validated before any cohort is deleted."""
     accounts = commons_of(request).accounts
-    return ok({"cohorts": [{"cohort_id": i, "result": accounts.delete_cohort(user, i)}
+    return ok({"cohorts": [{"cohort_id": i,
+                            "result": DELETION_RESULTS[accounts.delete_cohort(user, i)]}
                            for i in _cohort_ids(raw)]})
 
 
@@ -115,12 +117,5 @@ def delete_cohort(request: Request, cohort_id: int, user: User = Depends(require
 
 
 def saved_cohort(request: Request, user: User, cohort_id: int):
-    try:
-        if cohort_id > MAX_COHORT_ID:
-            raise NotFound(cohort_id)
-        cohort, _ = commons_of(request).accounts.get_cohort(user, cohort_id)
-    except NotFound:
-        raise ApiError(404, f"Cohort {cohort_id} not found", [str(cohort_id)]) from None
-    except Forbidden:
-        raise ApiError(403, f"You do not have permission to access cohort {cohort_id}") from None
+    cohort, _ = commons_of(request).accounts.get_cohort(user, cohort_id)
     return cohort

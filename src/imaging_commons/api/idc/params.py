@@ -9,7 +9,7 @@ import orjson
 from fastapi import Request
 
 from ...core.accounts import User
-from ...core.catalog import CatalogError, normalise_collection_id
+from ...core.catalog import normalise_collection_id
 from ...core.errors import InvalidRequest
 from ...core.query import Output
 from ..context import commons_of
@@ -106,7 +106,7 @@ def only_keys(body: dict, allowed: set[str], where: str = "") -> None:
 def version_number(request: Request, label: Any) -> int:
     try:
         return commons_of(request).catalog.parse_version(label)
-    except CatalogError:
+    except InvalidRequest:
         raise InvalidRequest(f"IDC data version {label} does not exist", [str(label)]) from None
 
 

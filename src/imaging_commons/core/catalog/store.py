@@ -24,88 +24,41 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ..config import Archive
-from .schema import COLUMNS, SQL_TYPES
-
-ITEM_COLUMNS = [c.name for c in COLUMNS]
-
-# Columns that can single out an item row, which manifests and queries are often ordered by.
-# The IDC import writes each one's rank beside it (its place in the sort order of that column's
-# values across the import's segments): a result led by one of them, where it is unique in the
-# version, is then sorted by integers instead of long strings that share long prefixes.
-RANKED_KEYS = ("SeriesInstanceUID", "SOPInstanceUID", "crdc_series_uuid", "crdc_instance_uuid",
-               "gcs_url")
-# The order item segments are written in (and compaction keeps): a collection's, a patient's,
-# a study's and a series' rows lie together.
-ITEM_ORDER = ("collection_id", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
-              "SOPInstanceUID")
-# What an ingest looks up of the instances it meets in the active version (published_instances)
-PUBLISHED_COLUMNS = ("SOPInstanceUID", "crdc_instance_uuid", "collection_id", "analysis_result_id")
-
-
-# Names of the item segments ingest writes (and compaction merges them into): instance rows that
-# name blobs of the archive's own, unlike the IDC import's series.
-INGESTED_PREFIX = "local-items"
-COMPACTED_PREFIX = "compacted-items"
-
-
-def rank_column(key: str) -> str:
-    """The rank of `key`'s value (a name no attribute can have: it holds a space)."""
-    return f"{key} rank"
-
-
-COLLECTION_COLUMNS = {
-    "collection_id": "VARCHAR",
-    "collection_name": "VARCHAR",
-    "cancer_type": "VARCHAR",
-    "tumor_location": "VARCHAR",
-    "species": "VARCHAR",
-    "subject_count": "BIGINT",
-    "doi": "VARCHAR",
-    "description": "VARCHAR",
-    "program": "VARCHAR",
-    "image_types": "VARCHAR",
-    "supporting_data": "VARCHAR",
-    "status": "VARCHAR",
-    "date_updated": "VARCHAR",
-    "license_short_name": "VARCHAR",
-    "license_long_name": "VARCHAR",
-    "license_url": "VARCHAR",
-    "location": "VARCHAR",
-    "restricted": "BOOLEAN",
-}
-
-ANALYSIS_RESULT_COLUMNS = {
-    "analysis_result_id": "VARCHAR",
-    "title": "VARCHAR",
-    "doi": "VARCHAR",
-    "location": "VARCHAR",
-    "subject_count": "BIGINT",
-    "collections": "VARCHAR",
-    "modalities": "VARCHAR",
-    "cancer_type": "VARCHAR",
-    "date_updated": "VARCHAR",
-    "license_short_name": "VARCHAR",
-    "description": "VARCHAR",
-}
-
-
-class CatalogError(Exception):
-    """A catalogue operation that cannot be done as asked (unknown version, nothing staged...)."""
-
+from ...config import Archive
+from ..errors import Conflict, InvalidRequest, NotFound, Unavailable
+from .files import parquet_scan, write_json_atomic
+from .tables import (
+    COMPACTED_PREFIX,
+    INGESTED_PREFIX,
+    PUBLISHED_COLUMNS,
+    _q,
+    empty_items_sql,
+    rank_column,
+)
 
 WRITER_BUSY = "another ingest or publish is running on this archive"
 
 
-@dataclass(frozen=True)
+class WriterBusy(Conflict):
+    """Another writer (ingest, publish, clinical-import, a compaction's swap) holds the
+    archive's writer lock; waiting for it and trying again works."""
+
+    def __init__(self) -> None:
+        super().__init__(WRITER_BUSY)
+
+
+class NothingPublished(Unavailable):
+    """The archive has no published version yet: nothing can be answered from it."""
+
+
+@dataclass(frozen=True, slots=True)
 class Version:
     version: int
     date_active: str
@@ -116,96 +69,6 @@ class Version:
     def label(self) -> str:
         """The wire form of a version, as IDC writes it ("25.0")."""
         return f"{self.version}.0"
-
-
-def items_select(con: duckdb.DuckDBPyConnection, source_sql: str) -> str:
-    """A SELECT that shapes any relation into the item schema, in schema column order:
-    columns the source lacks become typed NULLs."""
-    present = {d[0] for d in con.execute(f"SELECT * FROM ({source_sql}) LIMIT 0").description}
-    cols = ", ".join(
-        f"CAST({_q(c) if c in present else 'NULL'} AS {SQL_TYPES[c]}) AS {_q(c)}"
-        for c in ITEM_COLUMNS
-    )
-    return f"SELECT {cols} FROM ({source_sql})"
-
-
-def empty_items_sql() -> str:
-    return "SELECT " + ", ".join(
-        f"CAST(NULL AS {SQL_TYPES[c]}) AS {_q(c)}" for c in ITEM_COLUMNS
-    ) + " WHERE false"
-
-
-def normalise_collection_id(name: str) -> str:
-    """IDC's collection_id form: lower case, '-' and ' ' become '_' (TCGA-LUAD -> tcga_luad)."""
-    return re.sub(r"[-\s]", "_", name.strip().lower())
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Replace a JSON file all at once: a reader (or a crash) sees the old file or the new one.
-    The folder is synced too, so the rename itself survives a power cut."""
-    with _written_aside(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    sync_folder(path.parent)
-
-
-def sync_folder(folder: Path) -> None:
-    """Make the names in a folder (its files, a rename into it) survive a power cut."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def one_row(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple:
-    """The row of a query that answers exactly one (an aggregate without GROUP BY)."""
-    row = con.execute(sql, params or []).fetchone()
-    if row is None:
-        raise CatalogError(f"expected a row from: {sql[:200]}")
-    return row
-
-
-def parquet_scan(path: Path, extra: str = "") -> str:
-    """DuckDB's read of one Parquet file, its path quoted as a SQL string."""
-    return "read_parquet('" + str(path).replace("'", "''") + f"'{extra})"
-
-
-def copy_to_parquet(con: duckdb.DuckDBPyConnection, select_sql: str, path: Path,
-                    params: list | None = None) -> None:
-    """Write a query result to a Parquet file atomically (temp name, fsync, rename)."""
-    with _written_aside(path) as tmp:
-        con.execute(f"COPY ({select_sql}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)",
-                    params or [])
-
-
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
-    """Write an Arrow table to a Parquet file atomically, as copy_to_parquet does."""
-    with _written_aside(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-
-
-@contextmanager
-def _written_aside(path: Path) -> Iterator[Path]:
-    """A temporary name beside `path` for the caller to write; synced and renamed over `path`
-    once written, removed if the writing fails (a full disk must not keep the partial copy)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield tmp
-        _sync_and_rename(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _sync_and_rename(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Catalog:
@@ -259,14 +122,14 @@ class Catalog:
     def active_version(self) -> int:
         active = self._state()["active"]
         if active is None:
-            raise CatalogError("No published version yet: run `imaging-commons import-idc` or "
+            raise NothingPublished("No published version yet: run `imaging-commons import-idc` or "
                                "`imaging-commons ingest ... --publish` first.")
         return active
 
     def version(self, number: int) -> Version:
         state = self._state()
         if number not in state["versions"]:
-            raise CatalogError(f"Unknown data version {number}")
+            raise InvalidRequest(f"Unknown data version {number}", not_found=[str(number)])
         generation = int(state.get("generation", 0))
         if generation != self._manifests_generation:
             with self._lock:  # a compaction changed some versions' files: read them afresh
@@ -282,11 +145,10 @@ class Catalog:
         (float() would read "1_0" or "1e1" as 10: a cohort pinned to a version nobody meant)."""
         if label is None or label == "":
             return self.active_version()
-        if isinstance(label, bool):
-            raise CatalogError(f"Unknown data version {label}")
-        m = re.fullmatch(r"v?([0-9]+)(\.0*)?", str(label).strip().lower(), re.ASCII)
+        m = (None if isinstance(label, bool)
+             else re.fullmatch(r"v?([0-9]+)(\.0*)?", str(label).strip().lower(), re.ASCII))
         if m is None or int(m[1]) not in self._state()["versions"]:
-            raise CatalogError(f"Unknown data version {label}")
+            raise InvalidRequest(f"Unknown data version {label}", not_found=[str(label)])
         return int(m[1])
 
     def publish_version(self, manifest: dict, number: int | None = None,
@@ -297,7 +159,7 @@ class Catalog:
             versions = list(state["versions"])
             number = number if number is not None else (max(versions, default=0) + 1)
             if number in versions:
-                raise CatalogError(f"Version {number} is already published and is immutable")
+                raise Conflict(f"Version {number} is already published and is immutable")
             manifest = {**manifest, "version": number}
             manifest.setdefault("date_active", dt.date.today().isoformat())
             write_json_atomic(self.versions_dir / f"{number}.json", manifest)
@@ -389,7 +251,7 @@ class Catalog:
                 sql = self.items_sql(manifest, number)
             else:
                 if not files:
-                    raise CatalogError(f"Version {number} has no {kind} table")
+                    raise NotFound(f"Version {number} has no {kind} table")
                 sql = " UNION ALL BY NAME ".join(
                     f"SELECT * FROM {self.segment_sql(f)} "
                     f"WHERE list_contains(idc_data_versions, {int(number)})" for f in files)
@@ -502,12 +364,12 @@ class Catalog:
         Ingest, publish and clinical-import rewrite the stage and put files in the archive: two
         at once would lose one's stage, publish a stage another is still writing, or take the
         other's new blobs for leftovers. So they take this lock first, without waiting: a
-        second writer, in any process (or another thread of this one), gets CatalogError. The
+        second writer, in any process (or another thread of this one), gets WriterBusy. The
         lock is an flock on catalog/writer.lock, which the kernel drops when the process ends,
         however it ends; processes forked while it is held share it (ingest's workers), so it
         lasts until the last of them is gone."""
         if not self._writer.acquire(blocking=False):
-            raise CatalogError(WRITER_BUSY)
+            raise WriterBusy()
         try:
             if self._writer_fd is not None:
                 yield False
@@ -517,7 +379,7 @@ class Catalog:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise CatalogError(WRITER_BUSY) from None
+                raise WriterBusy() from None
             self._writer_fd = fd
             try:
                 yield True
@@ -526,16 +388,3 @@ class Catalog:
                 os.close(fd)
         finally:
             self._writer.release()
-
-
-def stable_pk(uid: str) -> int:
-    """A stable integer key for a UID (NBIA's APIs address series and images by integer id):
-    52 bits of its md5, so it survives any re-import and fits a JSON number exactly."""
-    import hashlib
-
-    return int.from_bytes(hashlib.md5(uid.encode()).digest()[:8], "little") >> 12
-
-
-def stable_pk_sql(column_sql: str) -> str:
-    """The same key computed inside DuckDB, so a query can filter on it."""
-    return f"(md5_number_upper({column_sql}) >> 12)"
