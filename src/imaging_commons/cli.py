@@ -157,9 +157,9 @@ def clinical_import(ctx, file, collection, source, patient_column):
     """Stage a clinical table (CSV or Parquet keyed by patient); its columns become filters."""
     from .core.ingest import stage_clinical
 
-    entry = stage_clinical(_commons(ctx).catalog, file, collection, source, patient_column)
-    click.echo(f"staged clinical source {entry['source']} for {entry['collection_id']}: "
-               f"{', '.join(entry['columns'])} (publish to make it visible)")
+    staged = stage_clinical(_commons(ctx).catalog, file, collection, source, patient_column)
+    click.echo(f"staged clinical source {staged.source} for {staged.collection_id}: "
+               f"{', '.join(staged.columns)} (publish to make it visible)")
 
 
 @main.command()

@@ -63,7 +63,7 @@ GRACE_S = 600.0  # how long a superseded file outlives the manifests that named 
 SWAP_WAIT_S = 30.0  # how long the swap waits for an ingest or publish to end
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Compaction:
     merged: list[str]  # the segments merged
     into: str | None  # the merged segment (None: nothing was merged)

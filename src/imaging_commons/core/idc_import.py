@@ -25,7 +25,7 @@ from .errors import Conflict, Unavailable
 from .search_index import build_search_index
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImportSummary:
     series: int
     prior_series: int

@@ -8,11 +8,11 @@ into a new immutable version. The writers of an archive take turns under its wri
 and what a killed run left behind is removed by the next (`writers`)."""
 
 from .blobs import crdc_uuid
-from .clinical import stage_clinical
+from .clinical import ClinicalSource, stage_clinical
 from .files import MAX_FILE_SIZE_ENV, iter_files, max_file_size
 from .publishing import publish
 from .staging import IngestReport, ingest
 from .writers import writing
 
-__all__ = ["MAX_FILE_SIZE_ENV", "IngestReport", "crdc_uuid", "ingest", "iter_files",
-           "max_file_size", "publish", "stage_clinical", "writing"]
+__all__ = ["MAX_FILE_SIZE_ENV", "ClinicalSource", "IngestReport", "crdc_uuid", "ingest",
+           "iter_files", "max_file_size", "publish", "stage_clinical", "writing"]

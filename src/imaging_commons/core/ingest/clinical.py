@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..catalog import Catalog, _q, copy_to_parquet, normalise_collection_id
@@ -13,16 +14,26 @@ from ..errors import InvalidRequest
 from .writers import exclusive
 
 
+@dataclass(frozen=True, slots=True)
+class ClinicalSource:
+    """A clinical table staged for the next version: its columns (name: DuckDB type) become
+    filters on the collection's patients."""
+
+    source: str
+    collection_id: str
+    columns: dict[str, str]
+
+
 @exclusive
 def stage_clinical(catalog: Catalog, file: str | os.PathLike, collection: str, source: str,
-                   patient_column: str | None = None) -> dict:
+                   patient_column: str | None = None) -> ClinicalSource:
     """Register a clinical table (CSV or Parquet keyed by patient) for the next version."""
     path = Path(file)
     if not path.is_file():
         raise InvalidRequest(f"No such file: {path}")
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,62}", source):
         raise InvalidRequest("--source must be a name of letters, digits and '_' "
-                           "starting with a letter")
+                             "starting with a letter")
     con = catalog.connection()
     # CSV values stay as written unless they are numbers: the sniffer would otherwise turn
     # yes/no into true/false (and dates into DATE), and a filter on "yes" would match nothing
@@ -44,11 +55,11 @@ def stage_clinical(catalog: Catalog, file: str | os.PathLike, collection: str, s
         con, f"SELECT CAST({_q(key)} AS VARCHAR) AS PatientID, ? AS collection_id"
              f"{', ' + others if others else ''} FROM {src}",
         catalog.staging_dir / name, [collection_id])
-    entry = {"source": source, "collection_id": collection_id, "file": name,
-             "columns": {c: t for c, t in columns.items() if c != key}}
+    filters = {c: t for c, t in columns.items() if c != key}
+    entry = {"source": source, "collection_id": collection_id, "file": name, "columns": filters}
     stage = catalog.stage()
     stage["clinical"] = [c for c in stage.get("clinical", [])
                          if (c["source"], c["collection_id"]) != (source, collection_id)]
     stage["clinical"].append(entry)
     catalog.write_stage(stage)
-    return entry
+    return ClinicalSource(source, collection_id, filters)
