@@ -19,7 +19,7 @@ import requests
 from starlette.requests import Request
 
 from conftest import SAMPLES, LiveServer, free_port
-from imaging_commons.api.nbia import csv_chunks, manifest
+from imaging_commons.api.nbia.formats import csv_chunks, manifest
 from imaging_commons.api.security import attachment
 from imaging_commons.config import Archive
 from imaging_commons.core.demo import DEMO_COLLECTION

@@ -633,7 +633,7 @@ def test_a_large_series_is_streamed_not_built_in_memory(tmp_path):
 
 def test_an_empty_sequence_is_closed_too():
     """NBIA closes every sequence with an End row, items or not."""
-    from imaging_commons.api.nbia_images import nbia_tag_rows
+    from imaging_commons.api.nbia.images import nbia_tag_rows
 
     rows = [{"element": "(0008,1140)", "name": "Referenced Image Sequence", "data": "",
              "vr": "SQ", "depth": 0},

@@ -48,7 +48,7 @@ def warm_up_and_settle(commons: Commons) -> None:
 
 
 def create_app(archive: Archive) -> FastAPI:
-    from . import idc, nbia, nbia_images
+    from . import idc, nbia
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -94,7 +94,6 @@ def create_app(archive: Archive) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(idc.router)
     app.include_router(nbia.router)
-    app.include_router(nbia_images.router)
     app.add_middleware(security.HeavyRequestLimit, per_client=archive.heavy_per_client,
                        is_heavy=nbia.is_heavy)
     app.add_middleware(security.SecurityHeaders)

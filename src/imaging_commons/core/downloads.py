@@ -4,7 +4,7 @@ Every NBIA image endpoint starts the same way: resolve a UID (or an image id) in
 version to the blobs that hold it, for one caller. Doing that here, once, keeps the visibility
 rule and the difference between "unknown" and "catalogued from IDC but not stored here"
 identical across endpoints. The visibility rule: what lies in a restricted collection the
-caller has no grant for does not exist for that caller. It raises the same NotFound as an
+caller has no grant for does not exist for that caller. It raises the same NotVisible as an
 identifier nobody has, so no answer tells a caller whether a restricted collection, patient,
 study, series or image exists. Results are plain dataclasses; nothing here knows about HTTP.
 """
@@ -19,7 +19,9 @@ from typing import NoReturn
 
 from .accounts import User
 from .catalog import normalise_collection_id, stable_pk_sql
+from .errors import NotFound
 from .front_door import Commons
+from .imaging import ImageUnavailable, render_thumbnail
 
 # stable_pk keeps 52 bits, so a larger number cannot be an image id (and must not reach SQL)
 _MAX_IMAGE_ID = (1 << 52) - 1
@@ -34,20 +36,10 @@ class Level(Enum):
     COLLECTION = "collection_id"
 
 
-class DownloadError(Exception):
-    """A request for stored files that cannot be answered as asked."""
-
-
-class NotFound(DownloadError):
-    """Nothing with that identifier exists in the active version that the caller may see."""
-
-
-class NotHeldLocally(NotFound):
-    """Catalogued (imported from IDC) but the files live in a public bucket, not here."""
-
-
-class NotInSeries(DownloadError):
-    """A series the caller may see has no image with that SOPInstanceUID."""
+class NotVisible(NotFound):
+    """Nothing with that identifier exists in the active version that the caller may see
+    (a file catalogued from IDC but held in its public bucket, or an image missing from a
+    series the caller may see, is a plain NotFound saying so)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +89,19 @@ def series_instance(commons: Commons, user: User, series_uid: str, sop_uid: str)
     for instance in series_instances(commons, user, series_uid):
         if instance.sop_instance_uid == sop_uid:
             return instance
-    raise NotInSeries(f"No image with SOPInstanceUID {sop_uid} in series {series_uid}")
+    raise NotFound(f"No image with SOPInstanceUID {sop_uid} in series {series_uid}")
+
+
+def thumbnail(commons: Commons, user: User, series_uid: str, sop_uid: str) -> bytes:
+    """A JPEG of one image of a series (see `imaging.render_thumbnail`); an object without
+    displayable pixels is refused naming the object, never its stored file."""
+    instance = series_instance(commons, user, series_uid, sop_uid)
+    try:
+        return render_thumbnail(instance.path)
+    except ImageUnavailable as exc:
+        raise ImageUnavailable(f"The object {sop_uid} of series {series_uid} has no image to "
+                               "show: no pixel data, or pixel data this server cannot "
+                               "decode.") from exc
 
 
 def instance_by_sop_uid(commons: Commons, user: User, sop_uid: str) -> StoredInstance:
@@ -109,7 +113,7 @@ def instance_by_image_id(commons: Commons, user: User, image_id: int) -> StoredI
     """An image by NBIA's integer id (imagePkId), which is stable_pk(SOPInstanceUID)."""
     missing = f"No image with imageID {image_id}"
     if not 0 <= image_id <= _MAX_IMAGE_ID:
-        raise NotFound(missing)
+        raise NotVisible(missing)
     return _single_instance(_View.of(commons, user), f"{stable_pk_sql('SOPInstanceUID')} = ?",
                             image_id, missing)
 
@@ -150,7 +154,7 @@ class _View:
 def _single_instance(view: _View, condition: str, value, missing: str) -> StoredInstance:
     visible = _query_instances(view, condition, [value])
     if not visible:
-        raise NotFound(missing)
+        raise NotVisible(missing)
     return visible[0]
 
 
@@ -191,10 +195,10 @@ def _explain_absence(view: _View, condition: str, params: list, described: str) 
                        f"AND NOT list_contains(?, collection_id)", [*params, sorted(view.hidden)])
     count, location = row[0]
     if not count:
-        raise NotFound(f"No {described} in this archive")
+        raise NotVisible(f"No {described} in this archive")
     where = (f"its files are in the public bucket at {location}" if count == 1 else
              f"the files of its {count} series are in the public bucket, e.g. {location}")
-    raise NotHeldLocally(f"The files of {described} are not stored on this server: it is "
+    raise NotFound(f"The files of {described} are not stored on this server: it is "
                          f"catalogued from the NCI Imaging Data Commons and {where}")
 
 

@@ -21,12 +21,15 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_windowing, pixel_array
 
+from .errors import InvalidRequest
+
 _BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 _BULK_LIMIT = 1024
 
 
-class ImageUnavailable(Exception):
-    """The file has no displayable image: not DICOM, no pixel data, or undecodable pixels."""
+class ImageUnavailable(InvalidRequest):
+    """The file has no displayable image: not DICOM, no pixel data, or undecodable pixels.
+    Raised with the cause as `__cause__`; `downloads.thumbnail` words it for the caller."""
 
 
 def render_thumbnail(path: str | Path, max_size: int = 512) -> bytes:

@@ -20,46 +20,46 @@ from fastapi.responses import (
     StreamingResponse,
 )
 
-from ..core import downloads
-from ..core.accounts import User
-from ..core.downloads import Level
-from ..core.imaging import ImageUnavailable, dicom_tags, render_thumbnail
-from ..core.zips import Member, iter_zip
-from . import nbia
-from .auth import nbia_user
-from .context import commons_of
-from .errors import ApiError
-from .nbia import Params, taking
-from .security import attachment
+from ...core import downloads
+from ...core.accounts import User
+from ...core.downloads import Level
+from ...core.errors import InvalidRequest
+from ...core.imaging import dicom_tags
+from ...core.zips import Member, iter_zip
+from ..auth import nbia_user
+from ..context import commons_of
+from ..security import attachment
+from . import routing
+from .models import DicomTag
+from .params import Params, taking
 
 router = APIRouter(tags=["NBIA images"])
+SERIES_UID = ("SeriesInstanceUID",)
 
 HIERARCHY_PARAMETERS = {"SeriesInstanceUID": Level.SERIES, "StudyInstanceUID": Level.STUDY,
                         "PatientID": Level.PATIENT, "Collection": Level.COLLECTION}
 
 
 def serve(name: str, *prefixes: str, methods: tuple[str, ...] = ("GET",),
-          heavy: bool = False) -> Callable:
-    return nbia.serve(name, *prefixes, methods=methods, target=router, heavy=heavy)
+          heavy: bool = False, answers: type | None = None) -> Callable:
+    return routing.serve(name, *prefixes, methods=methods, target=router, heavy=heavy,
+                         answers=answers)
 
 
 @contextmanager
 def answering_about(name: str, value: str) -> Iterator[None]:
-    """Turn the core's refusals into NBIA answers about the identifier the caller sent.
-
-    Files catalogued here but held in IDC's public bucket are a 404 naming where they are, as
-    is an image missing from a series the caller may see.
-    Anything else not found is answered as NBIA answers a series the caller may not see (400,
-    "not been granted"), the same whether it is restricted or exists nowhere: a caller
-    without a grant cannot tell the two apart."""
+    """Answer an identifier the caller may not see in NBIA's words about the identifier the
+    caller sent: as NBIA answers a series the caller may not see (400, "not been granted"),
+    the same whether it is restricted or exists nowhere, so a caller without a grant cannot
+    tell the two apart. (Files catalogued here but held in IDC's public bucket, and an image
+    missing from a series the caller may see, are the core's plain NotFound: a 404 saying
+    so.)"""
     try:
         yield
-    except (downloads.NotHeldLocally, downloads.NotInSeries) as exc:
-        raise ApiError(404, str(exc)) from None
-    except downloads.NotFound:
-        raise ApiError(400, f"The user has not been granted the access to image with given "
-                            f"{name},{value}. Please contact System Admin to resolve this "
-                            f"issue.") from None
+    except downloads.NotVisible:
+        raise InvalidRequest(f"The user has not been granted the access to image with given "
+                             f"{name},{value}. Please contact System Admin to resolve this "
+                             f"issue.") from None
 
 
 def new_file_names(count: int) -> list[str]:
@@ -120,7 +120,8 @@ def series_instance(request: Request, user: User, series_uid: str,
 
 @serve("getImage", "v1", "v2", "v4", heavy=True)
 def get_image(request: Request, user: User = Depends(nbia_user),
-              params: Params = Depends(taking("SeriesInstanceUID", "NewFileNames"))):
+              params: Params = Depends(taking("SeriesInstanceUID", "NewFileNames",
+                                              required=SERIES_UID))):
     """A series as a zip: LICENSE first, then its images in InstanceNumber order.
 
     Images are named `<SOPInstanceUID>.dcm`, or `1-01.dcm`, `1-02.dcm`, ... with
@@ -137,7 +138,8 @@ def get_image(request: Request, user: User = Depends(nbia_user),
 
 @serve("getImageWithMD5Hash", "v1", "v2", "v4", heavy=True)
 def get_image_with_md5_hash(request: Request, user: User = Depends(nbia_user),
-                            params: Params = Depends(taking("SeriesInstanceUID"))):
+                            params: Params = Depends(taking(*SERIES_UID,
+                                                            required=SERIES_UID))):
     """A series as a zip of `00000001.dcm`, ... in InstanceNumber order, then `md5hashes.csv`.
 
     The CSV (`Filename,MD5Hash`) gives the md5 recorded when each file was ingested, so a
@@ -153,8 +155,9 @@ def get_image_with_md5_hash(request: Request, user: User = Depends(nbia_user),
 
 @serve("getSingleImage", "v1", "v2", "v4")
 def get_single_image(request: Request, user: User = Depends(nbia_user),
-                     params: Params = Depends(taking("SeriesInstanceUID",
-                                                         "SOPInstanceUID"))):
+                     params: Params = Depends(taking(
+                         "SeriesInstanceUID", "SOPInstanceUID",
+                         required=("SeriesInstanceUID", "SOPInstanceUID")))):
     """One image of a series, as the stored DICOM file."""
     sop_uid = params.required("SOPInstanceUID")
     instance = series_instance(request, user, params.required("SeriesInstanceUID"), sop_uid)
@@ -164,23 +167,20 @@ def get_single_image(request: Request, user: User = Depends(nbia_user),
 
 @serve("getThumbnail", "", "v4", methods=("GET", "POST"))
 def get_thumbnail(request: Request, user: User = Depends(nbia_user),
-                  params: Params = Depends(taking("seriesUID", "objectUID"))):
+                  params: Params = Depends(taking("seriesUID", "objectUID",
+                                                  required=("seriesUID", "objectUID")))):
     """A JPEG of an image's first frame, windowed, longest side at most 512 pixels.
 
     An object without displayable pixels (a report, a plan) is a 400, as on NBIA."""
     series_uid, object_uid = params.required("seriesUID"), params.required("objectUID")
-    instance = series_instance(request, user, series_uid, object_uid)
-    try:
-        return Response(render_thumbnail(instance.path), media_type="image/jpeg")
-    except ImageUnavailable:  # its message names the stored file: not the caller's business
-        raise ApiError(400, f"The object {object_uid} of series {series_uid} has no image "
-                            "to show: no pixel data, or pixel data this server cannot "
-                            "decode.") from None
+    with answering_about("SeriesInstanceUID", series_uid):
+        jpeg = downloads.thumbnail(commons_of(request), user, series_uid, object_uid)
+    return Response(jpeg, media_type="image/jpeg")
 
 
-@serve("getDicomTags", "", "v4")
+@serve("getDicomTags", "", "v4", answers=list[DicomTag])
 def get_dicom_tags(request: Request, user: User = Depends(nbia_user),
-                   params: Params = Depends(taking("SeriesUID"))):
+                   params: Params = Depends(taking("SeriesUID", required=("SeriesUID",)))):
     """Every element of a series' first image (by InstanceNumber): [{element, name, data}],
     elements inside sequences prefixed with one `>` per level, a sequence's items followed by
     an `End <name>` row."""
@@ -190,13 +190,14 @@ def get_dicom_tags(request: Request, user: User = Depends(nbia_user),
     return tags_response(first)
 
 
-@serve("getDicomTagsByImageID", "", "v4")
+@serve("getDicomTagsByImageID", "", "v4", answers=list[DicomTag])
 def get_dicom_tags_by_image_id(request: Request, user: User = Depends(nbia_user),
-                               params: Params = Depends(taking("imageID"))):
+                               params: Params = Depends(taking("imageID",
+                                                               required=("imageID",)))):
     """Every element of one image, addressed by its integer id (imagePkId)."""
     text = params.required("imageID")
     if not re.fullmatch(r"[0-9]{1,30}", text):
-        raise ApiError(400, "imageID must be an image's integer id (its imagePkId)")
+        raise InvalidRequest("imageID must be an image's integer id (its imagePkId)")
     with answering_about("imageID", text):
         instance = downloads.instance_by_image_id(commons_of(request), user, int(text))
     return tags_response(instance)
@@ -204,7 +205,8 @@ def get_dicom_tags_by_image_id(request: Request, user: User = Depends(nbia_user)
 
 @serve("getM5HashForImage", "v2", "v4")
 def get_md5_hash_for_image(request: Request, user: User = Depends(nbia_user),
-                           params: Params = Depends(taking("SOPInstanceUid"))):
+                           params: Params = Depends(taking("SOPInstanceUid",
+                                                           required=("SOPInstanceUid",)))):
     """The md5 of one stored image file, as text (the endpoint's name is NBIA's spelling)."""
     sop_uid = params.required("SOPInstanceUid")
     with answering_about("SOPInstanceUID", sop_uid):
@@ -221,8 +223,8 @@ def get_md5_hierarchy(request: Request, user: User = Depends(nbia_user),
     exactly when a file below changes. Give one level; Collection may also narrow PatientID."""
     given = {name: value for name in HIERARCHY_PARAMETERS if (value := params.get(name))}
     if len(given) != 1 and given.keys() != {"PatientID", "Collection"}:
-        raise ApiError(400, "Give exactly one of SeriesInstanceUID, StudyInstanceUID, "
-                            "PatientID or Collection (Collection may also narrow PatientID).")
+        raise InvalidRequest("Give exactly one of SeriesInstanceUID, StudyInstanceUID, "
+                             "PatientID or Collection (Collection may also narrow PatientID).")
     name = "PatientID" if "PatientID" in given else next(iter(given))
     with answering_about(name, given[name]):
         digest = downloads.md5_hierarchy(commons_of(request), user,
