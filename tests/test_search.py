@@ -78,8 +78,8 @@ def test_drill_down_and_images_of_a_series(commons):
     mr = header("MR_small.dcm")
     (study,) = search.drill_down(scope, Criteria(series_uids=[mr.SeriesInstanceUID]))
     assert study.study_uid == mr.StudyInstanceUID
-    assert [s["SeriesInstanceUID"] for s in study.series] == [mr.SeriesInstanceUID]
-    assert study.series[0]["image_count"] == 1
+    assert [s.series_uid for s in study.series] == [mr.SeriesInstanceUID]
+    assert (study.series[0].image_count, study.series[0].modality) == (1, "MR")
     (image,) = search.images(scope, Criteria(series_uids=[mr.SeriesInstanceUID]))
     assert (image.sop_instance_uid, image.study_instance_uid) == (
         mr.SOPInstanceUID, mr.StudyInstanceUID)

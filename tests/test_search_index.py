@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ import pytest
 from imaging_commons.config import Archive
 from imaging_commons.core import search_index as index_module
 from imaging_commons.core.front_door import Commons
-from imaging_commons.core.search import Criteria, Sort
+from imaging_commons.core.search import Criteria, SeriesRecord, Sort
+from imaging_commons.core.search.service import SERIES_COLUMNS
 from imaging_commons.core.search_index import (
     INDEX_TABLES,
     SERIES_ORDER,
@@ -187,9 +189,8 @@ def test_series_and_images_per_collection(demo):
     scope = demo.search.scope(None)
     for batch in demo.search.iter_series(scope, Criteria()):
         for row in batch:
-            series[row["collection_id"]] = series.get(row["collection_id"], 0) + 1
-            images[row["collection_id"]] = (images.get(row["collection_id"], 0)
-                                            + row["image_count"])
+            series[row.collection_id] = series.get(row.collection_id, 0) + 1
+            images[row.collection_id] = images.get(row.collection_id, 0) + row.image_count
     assert series == counted(demo, "SELECT collection_id, count(DISTINCT SeriesInstanceUID) "
                                    "FROM {items}")
     assert images == counted(demo, "SELECT collection_id, sum(instance_count)::BIGINT "
@@ -214,7 +215,9 @@ def test_patients_per_collection_and_modality(demo):
 def test_series_stream_in_series_order(demo):
     """Whole lists stream from the index file unsorted: its rows are in SERIES_ORDER (DuckDB
     sorts NULLs last)."""
-    keys = [tuple((row[c.strip()] is None, row[c.strip()] or "") for c in SERIES_ORDER.split(","))
+    attribute = dict(zip(SERIES_COLUMNS, (f.name for f in fields(SeriesRecord))))
+    order = [attribute[c.strip()] for c in SERIES_ORDER.split(",")]
+    keys = [tuple((getattr(row, a) is None, getattr(row, a) or "") for a in order)
             for batch in demo.search.iter_series(demo.search.scope(None), Criteria())
             for row in batch]
     assert len(keys) > 1_000_000

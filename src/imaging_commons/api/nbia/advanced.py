@@ -124,8 +124,8 @@ def collection_or_series_for_doi(scope: CallerScope, search: Search,
     `thirdPartyAnanlysis` (sic) is YES for analysis results."""
     rows = search.series_for_doi(scope, params.required("DOI"))
     per_series = (params.get("CollectionOrSeries") or "").lower() == "series"
-    answers = dict.fromkeys((r["collection"], r["SeriesInstanceUID"] if per_series else None,
-                             "YES" if r["third_party"] else None) for r in rows)
+    answers = dict.fromkeys((r.collection, r.series_uid if per_series else None,
+                             "YES" if r.third_party else None) for r in rows)
     return JSONResponse([{"collection": c, "seriesInstanceUID": s, "thirdPartyAnanlysis": t}
                          for c, s, t in answers])
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ...core.catalog import stable_pk
-from ...core.search import DrillDownStudy, PatientResult, patient_pk
+from ...core.search import DrillDownStudy, PatientResult, SeriesRecord, patient_pk
 from .columns import VALUES, Wire, doi_url
 from .dates import epoch_millis
 
@@ -27,23 +27,21 @@ def drill_down_json(studies: list[DrillDownStudy], wire: Wire,
              "seriesList": [drill_down_series(r, wire) for r in s.series]} for s in studies]
 
 
-def drill_down_series(r: dict, wire: Wire) -> dict:
-    uid, study_uid = r["SeriesInstanceUID"], r["StudyInstanceUID"]
+def drill_down_series(r: SeriesRecord, wire: Wire) -> dict:
     return {
-        "seriesNumber": r["SeriesNumber"], "seriesUID": uid, "numberImages": r["image_count"],
-        "modality": r["Modality"], "manufacturer": r["Manufacturer"], "annotationsFlag": False,
-        "annotationsSize": 0, "patientId": r["PatientID"],
-        "patientPkId": str(patient_pk(r["collection_id"], r["PatientID"])),
-        "studyId": study_uid, "studyPkId": stable_pk(study_uid),
-        "totalSizeForAllImagesInSeries": r["size_bytes"], "project": r["collection"],
-        "description": r["SeriesDescription"], "dataProvenanceSiteName": None,
-        "manufacturerModelName": r["ManufacturerModelName"], "softwareVersion": None,
-        "maxFrameCount": "0", "studyDate": r["StudyDate"], "studyDesc": r["StudyDescription"],
-        "bodyPartExamined": r["BodyPartExamined"], "study_id": None,
+        "seriesNumber": r.series_number, "seriesUID": r.series_uid,
+        "numberImages": r.image_count, "modality": r.modality, "manufacturer": r.manufacturer,
+        "annotationsFlag": False, "annotationsSize": 0, "patientId": r.patient_id,
+        "patientPkId": str(patient_pk(r.collection_id, r.patient_id)),
+        "studyId": r.study_uid, "studyPkId": stable_pk(r.study_uid),
+        "totalSizeForAllImagesInSeries": r.size_bytes, "project": r.collection,
+        "description": r.series_description, "dataProvenanceSiteName": None,
+        "manufacturerModelName": r.model, "softwareVersion": None,
+        "maxFrameCount": "0", "studyDate": r.study_date, "studyDesc": r.study_description,
+        "bodyPartExamined": r.body_part, "study_id": None,
         "thirdPartyAnalysis": VALUES["ThirdPartyAnalysis"](r, wire),
-        "descriptionURI": doi_url(r["source_DOI"]), "sopClassUID": r["SOPClassUID"],
-        "licenseName": VALUES["LicenseName"](r, wire), "licenseUrl": r["license_url"],
-        "commercialRestrictions": r["commercial_restricted"], "seriesId": uid,
-        "studyDateString": r["StudyDate"] or "", "seriesPkId": r["series_pk"],
-        "exactSize": r["size_bytes"]}
-
+        "descriptionURI": doi_url(r.source_doi), "sopClassUID": r.sop_class_uid,
+        "licenseName": VALUES["LicenseName"](r, wire), "licenseUrl": r.license_url,
+        "commercialRestrictions": r.commercial_restricted, "seriesId": r.series_uid,
+        "studyDateString": r.study_date or "", "seriesPkId": r.series_pk,
+        "exactSize": r.size_bytes}

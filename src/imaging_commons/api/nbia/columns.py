@@ -6,9 +6,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from ...core.search import Scope
 from .vocabulary import species_description
+
+# What a list answer's rows are made from: a record of the core (read by attribute name).
+Record = object
 
 
 def doi_url(doi: str | None) -> str | None:
@@ -37,87 +41,108 @@ class Wire:
     def timestamp(self, iso: str | None) -> str | None:
         return self.date(iso) if self.version == 4 or not iso else f"{iso} 00:00:00.0"
 
-    def values(self, record: dict, columns: Sequence[str]) -> list:
+    def values(self, record: Record, columns: Sequence[str]) -> list:
         return [VALUES[c](record, self) if c in VALUES else None for c in columns]
 
 
-def _field(key: str) -> Callable[[dict, Wire], object]:
-    return lambda r, w: r.get(key)
+def _field(attribute: str) -> Callable[[Record, Wire], object]:
+    return lambda r, w: getattr(r, attribute, None)
 
 
-def _series_number(record: dict, wire: Wire):
-    text = record.get("SeriesNumber")
+def _series_number(record: Record, wire: Wire):
+    text = getattr(record, "series_number", None)
     return int(text) if text and text.isdigit() and len(text) < 10 else text
 
 
-def _field_as_text(key: str) -> Callable[[dict, Wire], object]:
+def _field_as_text(attribute: str) -> Callable[[Record, Wire], object]:
     """A number NBIA writes as text: its series metadata is a table of strings, which clients
     (the Go ports of the Data Retriever) read into string fields."""
-    return lambda r, w: None if r.get(key) is None else str(r[key])
+    def text(record: Record, wire: Wire) -> str | None:
+        value = getattr(record, attribute, None)
+        return None if value is None else str(value)
+    return text
 
 
-def _collection_fact(fact: Callable) -> Callable[[dict, Wire], object]:
-    def value(record: dict, wire: Wire):
-        cid = record.get("collection_id")
+def _collection_fact(fact: Callable) -> Callable[[Record, Wire], object]:
+    def value(record: Record, wire: Wire):
+        cid = getattr(record, "collection_id", None)
         info = wire.scope.collection(cid) if cid else None
         return fact(info) if info else None
     return value
 
 
-def _first_species(word: Callable) -> Callable[[dict, Wire], object]:
+def _first_species(word: Callable) -> Callable[[Record, Wire], object]:
     return _collection_fact(lambda c: word(c.species[0]) if c.species else None)
 
 
-def _released(record: dict, wire: Wire) -> str | None:
-    return wire.scope.release_date(record.get("version_min"))
+def _released(record: Record, wire: Wire) -> str | None:
+    return wire.scope.release_date(getattr(record, "version_min", None))
 
 
-_SAME_FIELD = (
-    (("SeriesInstanceUID", "Series UID", "Series ID", "Series Instance UID"), "SeriesInstanceUID"),
-    (("StudyInstanceUID", "Study UID", "Study Instance UID"), "StudyInstanceUID"),
-    (("PatientID", "PatientId", "Subject ID", "Patient ID"), "PatientID"),
+def _license_name(record: Record, wire: Wire) -> str | None:
+    return (getattr(record, "license_long_name", None)
+            or getattr(record, "license_short_name", None))
+
+
+def _third_party(record: Record, wire: Wire) -> str:
+    return "YES" if getattr(record, "analysis_result_id", None) else "NO"
+
+
+# The record attribute each wire column names, under every name NBIA gives it.
+ATTRIBUTES = {name: attribute for names, attribute in (
+    (("SeriesInstanceUID", "Series UID", "Series ID", "Series Instance UID"), "series_uid"),
+    (("StudyInstanceUID", "Study UID", "Study Instance UID"), "study_uid"),
+    (("PatientID", "PatientId", "Subject ID", "Patient ID"), "patient_id"),
     (("Collection", "Project", "Collection Name"), "collection"),
-    (("Modality",), "Modality"),
-    (("BodyPartExamined", "Body Part Examined"), "BodyPartExamined"),
-    (("Manufacturer",), "Manufacturer"),
-    (("ManufacturerModelName", "Manufacturer Model Name"), "ManufacturerModelName"),
-    (("SeriesDescription", "Series Description"), "SeriesDescription"),
-    (("StudyDescription", "StudyDesc", "Study Description"), "StudyDescription"),
-    (("PatientSex", "Patient Sex"), "PatientSex"),
-    (("PatientAge", "Patient Age"), "PatientAge"),
-    (("EthnicGroup", "Ethnic Group"), "EthnicGroup"),
-    (("SOP Class UID",), "SOPClassUID"),
+    (("Modality",), "modality"),
+    (("BodyPartExamined", "Body Part Examined"), "body_part"),
+    (("Manufacturer",), "manufacturer"),
+    (("ManufacturerModelName", "Manufacturer Model Name"), "model"),
+    (("SeriesDescription", "Series Description"), "series_description"),
+    (("StudyDescription", "StudyDesc", "Study Description"), "study_description"),
+    (("PatientSex", "Patient Sex"), "patient_sex"),
+    (("PatientAge", "Patient Age"), "patient_age"),
+    (("EthnicGroup", "Ethnic Group"), "ethnic_group"),
+    (("SOP Class UID",), "sop_class_uid"),
     (("ImageCount", "Image Count", "ObjectCount"), "image_count"),
     (("FileSize", "TotalSizeInBytes"), "size_bytes"),
     (("LicenseURI", "License URI", "License URL"), "license_url"),
     (("SeriesCount",), "series_count"),
-    (("SOPInstanceUID",), "SOPInstanceUID"),
-)
-# Every wire column NBIA writes that the catalogue can fill, under each name NBIA gives it.
+    (("SOPInstanceUID",), "sop_instance_uid"),
+) for name in names}
+# Every wire column NBIA writes that the catalogue can fill, under each name NBIA gives it,
+# from a record of the core (a series, patient, study or image record, or a value).
 # Columns missing here (ProtocolName, SoftwareVersions, PatientName, ...) have no data.
-VALUES: dict[str, Callable[[dict, Wire], object]] = {
-    **{name: _field(key) for names, key in _SAME_FIELD for name in names},
-    **dict.fromkeys(("SeriesDate", "Series Date"), lambda r, w: w.date(r.get("SeriesDate"))),
-    **dict.fromkeys(("StudyDate", "Study Date"), lambda r, w: w.date(r.get("StudyDate"))),
+VALUES: dict[str, Callable[[Record, Wire], object]] = {
+    **{name: _field(attribute) for name, attribute in ATTRIBUTES.items()},
+    **dict.fromkeys(("SeriesDate", "Series Date"),
+                    lambda r, w: w.date(getattr(r, "series_date", None))),
+    **dict.fromkeys(("StudyDate", "Study Date"),
+                    lambda r, w: w.date(getattr(r, "study_date", None))),
     **dict.fromkeys(("DateReleased", "Date Released"), lambda r, w: w.date(_released(r, w))),
     **dict.fromkeys(("TimeStamp", "MaxSubmissionTimestamp", "Max Submission Timestamp"),
                     lambda r, w: w.timestamp(_released(r, w))),
     **dict.fromkeys(("Number of Images", "Number of images"), _field_as_text("image_count")),
     **dict.fromkeys(("File Size", "File Size (Bytes)"), _field_as_text("size_bytes")),
     "SeriesNumber": _series_number,
-    "Series Number": _field("SeriesNumber"),
-    **dict.fromkeys(("LicenseName", "License Name"),
-                    lambda r, w: r.get("license_long_name") or r.get("license_short_name")),
+    "Series Number": _field("series_number"),
+    **dict.fromkeys(("LicenseName", "License Name"), _license_name),
     **dict.fromkeys(("CollectionURI", "Collection URI", "DataDescriptionURI",
-                     "Data Description URI"), lambda r, w: doi_url(r.get("source_DOI"))),
+                     "Data Description URI"),
+                    lambda r, w: doi_url(getattr(r, "source_doi", None))),
     **dict.fromkeys(("ThirdPartyAnalysis", "Third Party Analysis", "3rd Party Analysis"),
-                    lambda r, w: "YES" if r.get("analysis_result_id") else "NO"),
+                    _third_party),
     "Phantom": _collection_fact(lambda c: "YES" if c.phantom else "NO"),
     **dict.fromkeys(("SpeciesCode", "Species Code"), _first_species(lambda s: s.code)),
     **dict.fromkeys(("SpeciesDescription", "Species Description"),
                     _first_species(species_description)),
     "Authorized": lambda r, w: 1,
 }
+
+
+def value_record(column: str, value: object) -> Record:
+    """A bare value (of a value list) as a record holding it under its column's attribute."""
+    return SimpleNamespace(**{ATTRIBUTES[column]: value})
 
 SERIES_COLUMNS = (
     "SeriesInstanceUID", "StudyInstanceUID", "Modality", "ProtocolName", "SeriesDate",

@@ -18,14 +18,14 @@ from ...core.dicom_rows import is_uid
 from ...core.errors import InvalidRequest
 from ...core.search import Scope
 from ..security import attachment
-from .columns import Wire
+from .columns import Record, Wire
 from .params import FORMATS, SERVICES, Params, api_version
 
 MANIFEST_TYPE = "application/x-nbia-manifest-file"
 
 
 def listing(request: Request, params: Params, scope: Scope, columns: Sequence[str],
-            batches: Iterable[list[dict]]) -> Response:
+            batches: Iterable[Sequence[Record]]) -> Response:
     """A versioned list answer in the requested format, streamed. v4 records (lists of more
     than bare values) carry `Authorized`; no rows is a 200 with an empty body, which
     tcia_utils reads as none."""
@@ -99,7 +99,7 @@ def html_chunks(columns: Sequence[str], rows: Iterator[list]) -> Iterator[str]:
     yield "</TABLE></P>"
 
 
-def csv_answer(columns: Sequence[str], wire: Wire, records: list[dict],
+def csv_answer(columns: Sequence[str], wire: Wire, records: Sequence[Record],
                filename: str | None = None) -> Response:
     body = "".join(csv_chunks(columns, (wire.values(r, columns) for r in records)))
     headers = {"Content-Disposition": attachment(filename)} if filename else None

@@ -140,7 +140,7 @@ def cart_data(request: Request, scope: CallerScope, search: Search,
         elif SERIES_PK.fullmatch(value):
             pks.append(int(value))
     if pks:
-        uids += [r["SeriesInstanceUID"] for r in search.series(scope, Criteria(series_pks=pks))]
+        uids += [r.series_uid for r in search.series(scope, Criteria(series_pks=pks))]
     if not uids:
         return JSONResponse([])
     studies = search.drill_down(scope, Criteria(series_uids=uids))

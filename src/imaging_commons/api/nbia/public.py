@@ -16,6 +16,7 @@ from .columns import (
     STUDY_COLUMNS,
     UPDATED_SERIES_COLUMNS_V4,
     Wire,
+    value_record,
 )
 from .criteria import SERIES_FILTERS, series_filters
 from .dates import version_date
@@ -34,11 +35,11 @@ STUDY_ANSWER = list_answer("Study", STUDY_COLUMNS + AUTHORIZED)
 
 def _values_route(name: str, column: str, filters: tuple[str, ...]) -> None:
     read = taking(*filters)
-    record_key = "collection" if column == "Collection" else column
 
     def values(request: Request, scope: CallerScope, search: Search,
                params: Params = Depends(read)) -> Response:
-        rows = [{record_key: v} for v in search.values(scope, column, series_filters(params))]
+        rows = [value_record(column, v)
+                for v in search.values(scope, column, series_filters(params))]
         return listing(request, params, scope, (column,), [rows])
 
     values.__doc__ = f"Distinct {column} values"
@@ -170,19 +171,18 @@ def series_size(request: Request, scope: CallerScope, search: Search,
        answers=list_answer("SOPInstanceUIDValue", ("SOPInstanceUID",)))
 def sop_instance_uids(request: Request, scope: CallerScope, search: Search,
                       params: Params = Depends(taking(*SERIES_UID, required=SERIES_UID))
-                ) -> Response:
+                      ) -> Response:
     """The SOPInstanceUIDs of a series' stored images
     Series the catalogue knows only at series level (the IDC import) list none."""
-    rows = [{"SOPInstanceUID": i.sop_instance_uid}
-            for i in search.images(scope, _one_series(params))]
-    return listing(request, params, scope, ("SOPInstanceUID",), [rows])
+    return listing(request, params, scope, ("SOPInstanceUID",),
+                   [search.images(scope, _one_series(params))])
 
 
 @serve("getSeriesMetaData", *VERSIONED,
        answers=list_answer("SeriesMetaData", SERIES_METADATA_COLUMNS + AUTHORIZED))
 def series_metadata(request: Request, scope: CallerScope, search: Search,
                     params: Params = Depends(taking(*SERIES_UID, required=SERIES_UID))
-                ) -> Response:
+                    ) -> Response:
     """Metadata of one series (File Location is never given)"""
     return listing(request, params, scope, SERIES_METADATA_COLUMNS,
                    [search.series(scope, _one_series(params))])

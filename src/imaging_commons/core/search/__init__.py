@@ -4,12 +4,16 @@ from .models import (
     SORT_FIELDS,
     CollectionInfo,
     Criteria,
+    DoiSeries,
     DrillDownStudy,
     ImageRecord,
+    PatientRecord,
     PatientResult,
     Scope,
     SearchPage,
+    SeriesRecord,
     Sort,
+    StudyRecord,
     StudySeries,
     TextHit,
     VersionIndex,
@@ -18,6 +22,7 @@ from .models import (
 from .service import CatalogSearch
 from .species import Species
 
-__all__ = ["SORT_FIELDS", "CatalogSearch", "CollectionInfo", "Criteria", "DrillDownStudy",
-           "ImageRecord", "PatientResult", "Scope", "SearchPage", "Sort", "Species",
-           "StudySeries", "TextHit", "VersionIndex", "patient_pk"]
+__all__ = ["SORT_FIELDS", "CatalogSearch", "CollectionInfo", "Criteria", "DoiSeries",
+           "DrillDownStudy", "ImageRecord", "PatientRecord", "PatientResult", "Scope",
+           "SearchPage", "SeriesRecord", "Sort", "Species", "StudyRecord", "StudySeries",
+           "TextHit", "VersionIndex", "patient_pk"]

@@ -1,6 +1,5 @@
 """What a search is asked and what it answers: criteria, sorts, and the typed results the
-adapters render (the series records of list answers are the one bulk exception: dicts keyed by
-the index's columns, streamed in batches)."""
+adapters render."""
 
 from __future__ import annotations
 
@@ -168,11 +167,79 @@ class SearchPage:
 
 
 @dataclass(frozen=True, slots=True)
+class SeriesRecord:
+    """A series as every series-level answer is shaped from: its hierarchy, descriptive
+    facts, licence and source, image count and size, the version that first held it, its
+    integer key, and whether its licence forbids commercial use. Dates are ISO text."""
+
+    collection_id: str
+    collection: str
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    modality: str | None
+    body_part: str | None
+    manufacturer: str | None
+    model: str | None
+    series_description: str | None
+    series_number: str | None
+    series_date: str | None
+    study_date: str | None
+    study_description: str | None
+    patient_sex: str | None
+    patient_age: str | None
+    ethnic_group: str | None
+    sop_class_uid: str | None
+    license_short_name: str | None
+    license_long_name: str | None
+    license_url: str | None
+    source_doi: str | None
+    analysis_result_id: str | None
+    image_count: int | None
+    size_bytes: int | None
+    version_min: int | None
+    series_pk: int
+    commercial_restricted: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class PatientRecord:
+    collection_id: str
+    collection: str
+    patient_id: str
+    patient_sex: str | None
+    ethnic_group: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRecord:
+    collection_id: str
+    collection: str
+    patient_id: str
+    study_uid: str
+    study_date: str | None
+    study_description: str | None
+    patient_age: str | None
+    patient_sex: str | None
+    ethnic_group: str | None
+    series_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DoiSeries:
+    """A series found by DOI: its collection, UID and whether it is an analysis result."""
+
+    collection: str
+    series_uid: str
+    third_party: bool
+
+
+@dataclass(frozen=True, slots=True)
 class DrillDownStudy:
     study_uid: str
     study_date: str | None
     description: str | None
-    series: list[dict]
+    series: list[SeriesRecord]
 
 
 @dataclass(frozen=True, slots=True)

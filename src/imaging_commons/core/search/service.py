@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ..accounts import User
 from ..catalog import Catalog, one_row
@@ -24,12 +24,16 @@ from .filters import matches, of_patients, order_by, where
 from .index import OpenIndexes
 from .models import (
     Criteria,
+    DoiSeries,
     DrillDownStudy,
     ImageRecord,
+    PatientRecord,
     PatientResult,
     Scope,
     SearchPage,
+    SeriesRecord,
     Sort,
+    StudyRecord,
     StudySeries,
     TextHit,
     VersionIndex,
@@ -42,8 +46,9 @@ if TYPE_CHECKING:
     from ..front_door import Commons
 
 ROW_BATCH = 5000
+_R = TypeVar("_R")
 
-# Columns of a series record, the row every series-level answer is shaped from.
+# The index's columns of a series record (`SeriesRecord`'s fields, in order).
 SERIES_COLUMNS = (
     "collection_id", "collection", "PatientID", "StudyInstanceUID", "SeriesInstanceUID",
     "Modality", "BodyPartExamined", "Manufacturer", "ManufacturerModelName",
@@ -195,7 +200,7 @@ class CatalogSearch:
 
     # ----- series, patients and studies ----------------------------------------------------
     def iter_series(self, scope: Scope, criteria: Criteria,
-                    max_rows: int | None = None) -> Iterator[list[dict]]:
+                    max_rows: int | None = None) -> Iterator[list[SeriesRecord]]:
         """Series records in SERIES_ORDER, in batches, for answers that may run to the whole
         catalogue; with `max_rows`, TooLarge before the first batch if there would be
         more. The rows come in the index file's own order (DuckDB keeps a scan's insertion
@@ -215,24 +220,25 @@ class CatalogSearch:
         order = f"ORDER BY {SERIES_ORDER}" if w.reordered else ""
         cur.execute(f"SELECT {', '.join(SERIES_COLUMNS)} FROM {scope.index.series} "
                     f"WHERE {w.sql} {order}", w.params)
-        yield from _batches(cur, SERIES_COLUMNS)
+        while rows := cur.fetchmany(ROW_BATCH):
+            yield [SeriesRecord(*row) for row in rows]
 
-    def series(self, scope: Scope, criteria: Criteria) -> list[dict]:
+    def series(self, scope: Scope, criteria: Criteria) -> list[SeriesRecord]:
         return [row for batch in self.iter_series(scope, criteria) for row in batch]
 
-    def patients(self, scope: Scope, criteria: Criteria) -> list[dict]:
+    def patients(self, scope: Scope, criteria: Criteria) -> list[PatientRecord]:
         """Patients with a matching series: collection, PatientID, sex, ethnic group."""
         w = where(scope, criteria)
-        return _records(self.catalog.connection().execute(f"""
+        return _records(PatientRecord, self.catalog.connection().execute(f"""
             SELECT collection_id, any_value(collection) AS collection, PatientID,
                    any_value(PatientSex) AS PatientSex, any_value(EthnicGroup) AS EthnicGroup
             FROM {scope.index.series} WHERE {w.sql}
             GROUP BY collection_id, PatientID ORDER BY collection_id, PatientID""", w.params))
 
-    def studies(self, scope: Scope, criteria: Criteria) -> list[dict]:
+    def studies(self, scope: Scope, criteria: Criteria) -> list[StudyRecord]:
         """Studies with a matching series, with patient facts and their series count."""
         w = where(scope, criteria)
-        return _records(self.catalog.connection().execute(f"""
+        return _records(StudyRecord, self.catalog.connection().execute(f"""
             SELECT collection_id, any_value(collection) AS collection,
                    any_value(PatientID) AS PatientID, StudyInstanceUID,
                    any_value(StudyDate) AS StudyDate,
@@ -245,7 +251,7 @@ class CatalogSearch:
 
     def visible_series_uids(self, scope: Scope, uids: Sequence[str]) -> list[str]:
         """The given series UIDs the caller may see, in the order given."""
-        found = {r["SeriesInstanceUID"]
+        found = {r.series_uid
                  for r in self.series(scope, Criteria(series_uids=list(uids)))}
         return [u for u in dict.fromkeys(uids) if u in found]
 
@@ -264,13 +270,13 @@ class CatalogSearch:
             w.params + [list(v) for _, v in levels]).fetchall()
         return [r[0] for r in rows]
 
-    def series_for_doi(self, scope: Scope, doi: str) -> list[dict]:
+    def series_for_doi(self, scope: Scope, doi: str) -> list[DoiSeries]:
         """Series whose source DOI, or whose collection's DOI, is `doi`."""
         wanted = normalise_doi(doi)
         by_collection = [c.collection_id for c in scope.visible_collections()
                          if c.doi and normalise_doi(c.doi) == wanted]
         w = where(scope, Criteria())
-        return _records(self.catalog.connection().execute(f"""
+        return _records(DoiSeries, self.catalog.connection().execute(f"""
             SELECT collection, SeriesInstanceUID, third_party FROM {scope.index.series}
             WHERE {w.sql} AND (lower(source_DOI) = ? OR list_contains(?, collection_id))
             ORDER BY collection, SeriesInstanceUID""", w.params + [wanted, by_collection]))
@@ -280,17 +286,17 @@ class CatalogSearch:
         """Studies holding the matching series, each with those series only."""
         studies: dict[str, DrillDownStudy] = {}
         for row in self.series(scope, criteria):
-            study = studies.get(row["StudyInstanceUID"])
+            study = studies.get(row.study_uid)
             if study is None:
-                study = studies[row["StudyInstanceUID"]] = DrillDownStudy(
-                    row["StudyInstanceUID"], row["StudyDate"], row["StudyDescription"], [])
+                study = studies[row.study_uid] = DrillDownStudy(
+                    row.study_uid, row.study_date, row.study_description, [])
             study.series.append(row)
         return list(studies.values())
 
     def images(self, scope: Scope, criteria: Criteria) -> list[ImageRecord]:
         """The stored instances of the matching series (series known to the catalogue only
         at series level have none), ordered by series then instance number."""
-        series = {r["SeriesInstanceUID"]: r for r in self.series(scope, criteria)}
+        series = {r.series_uid: r for r in self.series(scope, criteria)}
         if not series:
             return []
         rows = self.catalog.connection().execute(f"""
@@ -300,8 +306,8 @@ class CatalogSearch:
             WHERE level = 'instance' AND SeriesInstanceUID IN (SELECT unnest(?::VARCHAR[]))
             ORDER BY SeriesInstanceUID, InstanceNumber NULLS LAST, SOPInstanceUID""",
             [list(series)]).fetchall()
-        return [ImageRecord(sop, s, study, series[s]["series_pk"], number, size,
-                            series[s]["collection"])
+        return [ImageRecord(sop, s, study, series[s].series_pk, number, size,
+                            series[s].collection)
                 for sop, s, study, number, size in rows]
 
 
@@ -337,11 +343,6 @@ def _nest(scope: Scope, page: list[tuple], studies: list[tuple]) -> list[Patient
     return out
 
 
-def _records(cursor) -> list[dict]:
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-
-def _batches(cursor, names: Sequence[str]) -> Iterator[list[dict]]:
-    while rows := cursor.fetchmany(ROW_BATCH):
-        yield [dict(zip(names, row)) for row in rows]
+def _records(record: type[_R], cursor) -> list[_R]:
+    """A cursor's rows as records whose fields are its columns, in order."""
+    return [record(*row) for row in cursor.fetchall()]
