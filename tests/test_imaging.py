@@ -15,7 +15,13 @@ import pytest
 from PIL import Image
 from pydicom.pixels import pixel_array
 
-from imaging_commons.core.imaging import ImageUnavailable, dicom_tags, file_md5, render_thumbnail
+from imaging_commons.core.imaging import (
+    DicomElement,
+    ImageUnavailable,
+    dicom_tags,
+    file_md5,
+    render_thumbnail,
+)
 
 DATA = Path(pydicom.data.__file__).parent / "test_files"
 
@@ -137,12 +143,11 @@ def test_non_dicom_file_raises_image_unavailable(tmp_path):
 
 def test_dicom_tags_lists_meta_then_dataset_in_file_order():
     rows = dicom_tags(DATA / "CT_small.dcm")
-    assert rows[0] == {"element": "(0002,0000)", "name": "File Meta Information Group Length",
-                       "data": "192", "vr": "UL", "depth": 0}
-    assert {"element": "(0028,0010)", "name": "Rows", "data": "128", "vr": "US", "depth": 0} in rows
-    assert {"element": "(0008,0008)", "name": "Image Type", "data": "ORIGINAL\\PRIMARY\\AXIAL",
-            "vr": "CS", "depth": 0} in rows
-    top_level = [r["element"] for r in rows if r["depth"] == 0]
+    assert rows[0] == DicomElement("(0002,0000)", "File Meta Information Group Length", "192",
+                                   "UL", 0)
+    assert DicomElement("(0028,0010)", "Rows", "128", "US", 0) in rows
+    assert DicomElement("(0008,0008)", "Image Type", "ORIGINAL\\PRIMARY\\AXIAL", "CS", 0) in rows
+    top_level = [r.element for r in rows if r.depth == 0]
     assert top_level == sorted(top_level)  # file order is ascending tag order per level
     assert "(7FE0,0010)" not in top_level
 
@@ -151,18 +156,18 @@ def test_dicom_tags_nests_sequence_items_one_level_deeper():
     rows = dicom_tags(DATA / "test-SR.dcm")
     ds = pydicom.dcmread(DATA / "test-SR.dcm")
     assert len(rows) == len(ds.file_meta) + sum(1 for _ in ds.iterall())
-    i = next(n for n, r in enumerate(rows) if r["element"] == "(0040,A043)")
-    assert rows[i]["vr"] == "SQ" and rows[i]["data"] == ""
-    assert rows[i + 1] == {"element": "(0008,0100)", "name": "Code Value", "data": "1111",
-                           "vr": "SH", "depth": rows[i]["depth"] + 1}
-    assert max(r["depth"] for r in rows) >= 2
+    i = next(n for n, r in enumerate(rows) if r.element == "(0040,A043)")
+    assert rows[i].vr == "SQ" and rows[i].data == ""
+    assert rows[i + 1] == DicomElement("(0008,0100)", "Code Value", "1111", "SH",
+                                       rows[i].depth + 1)
+    assert max(r.depth for r in rows) >= 2
 
 
 def test_dicom_tags_summarises_bulk_binary_values():
     rows = dicom_tags(DATA / "waveform_ecg.dcm")
-    waveform = next(r for r in rows if r["element"] == "(5400,1010)")
-    assert waveform["data"] == "<binary data, 240000 bytes>" and waveform["depth"] == 1
-    assert max(len(r["data"]) for r in rows) < 4 * 1024
+    waveform = next(r for r in rows if r.element == "(5400,1010)")
+    assert waveform.data == "<binary data, 240000 bytes>" and waveform.depth == 1
+    assert max(len(r.data) for r in rows) < 4 * 1024
 
 
 def test_file_md5_matches_hashlib_across_chunks(tmp_path):
@@ -174,5 +179,5 @@ def test_file_md5_matches_hashlib_across_chunks(tmp_path):
 def test_dicom_tags_reads_files_without_file_meta():
     """Ingest keeps headerless files that carry their UIDs; their tags must list too."""
     rows = dicom_tags(DATA / "ExplVR_LitEndNoMeta.dcm")
-    names = {r["name"]: r["data"] for r in rows}
+    names = {r.name: r.data for r in rows}
     assert names["SOP Instance UID"] and names["SOP Class UID"] == "1.2.840.10008.5.1.4.1.1.481.8"

@@ -634,11 +634,10 @@ def test_a_large_series_is_streamed_not_built_in_memory(tmp_path):
 def test_an_empty_sequence_is_closed_too():
     """NBIA closes every sequence with an End row, items or not."""
     from imaging_commons.api.nbia.images import nbia_tag_rows
+    from imaging_commons.core.imaging import DicomElement
 
-    rows = [{"element": "(0008,1140)", "name": "Referenced Image Sequence", "data": "",
-             "vr": "SQ", "depth": 0},
-            {"element": "(0010,0010)", "name": "Patient's Name", "data": "A^B", "vr": "PN",
-             "depth": 0}]
+    rows = [DicomElement("(0008,1140)", "Referenced Image Sequence", "", "SQ", 0),
+            DicomElement("(0010,0010)", "Patient's Name", "A^B", "PN", 0)]
     assert nbia_tag_rows(rows) == [
         {"element": "(0008,1140)", "name": "Referenced Image Sequence", "data": ""},
         {"element": "(0008,1140)", "name": "End Referenced Image Sequence", "data": ""},

@@ -42,7 +42,7 @@ class NotVisible(NotFound):
     series the caller may see, is a plain NotFound saying so)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredInstance:
     sop_instance_uid: str
     series_instance_uid: str
@@ -54,7 +54,7 @@ class StoredInstance:
     crc32: int | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SeriesFiles:
     """The stored files of one series, in InstanceNumber order (unnumbered ones first)."""
 
@@ -130,7 +130,7 @@ def md5_hierarchy(commons: Commons, user: User, scope: dict[Level, str]) -> str:
     return hashlib.md5("\n".join(digests).encode(), usedforsecurity=False).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _View:
     """One request's look at the archive: the active version, read once so that a publish in
     the middle cannot mix two versions, and the collections hidden from the caller."""

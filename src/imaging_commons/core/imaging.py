@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -96,9 +97,20 @@ def _to_uint8(ds: Dataset, arr: np.ndarray) -> np.ndarray:
     return np.round(np.clip(grey, 0, 255)).astype(np.uint8)
 
 
-def dicom_tags(path: str | Path) -> list[dict]:
-    """List every element as ``{"element": "(0028,0010)", "name": "Rows", "data": "512",
-    "vr": "US", "depth": 0}``.
+@dataclass(frozen=True, slots=True)
+class DicomElement:
+    """One element of a file's header: its tag as ``(0028,0010)``, its public name ("" for a
+    private one), its value as text, its VR and its sequence depth (0 at the top level)."""
+
+    element: str
+    name: str
+    data: str
+    vr: str
+    depth: int
+
+
+def dicom_tags(path: str | Path) -> list[DicomElement]:
+    """List every element: ``DicomElement("(0028,0010)", "Rows", "512", "US", 0)``.
 
     File meta (group 0002) first, then the dataset, in file order. A sequence element (data
     ``""``) is followed by its items' elements at ``depth`` one more. Values are text, multiple
@@ -113,17 +125,17 @@ def dicom_tags(path: str | Path) -> list[dict]:
     return list(_rows(ds.file_meta, 0)) + list(_rows(ds, 0))
 
 
-def _rows(ds: Dataset, depth: int) -> Iterator[dict]:
+def _rows(ds: Dataset, depth: int) -> Iterator[DicomElement]:
     """Depth-first rows of ``ds``; items of a sequence follow the sequence element."""
     for elem in ds:
-        yield {
-            "element": f"({elem.tag.group:04X},{elem.tag.element:04X})",
+        yield DicomElement(
+            f"({elem.tag.group:04X},{elem.tag.element:04X})",
             # NBIA names public elements only (the guide's private GEMS elements have "")
-            "name": "" if elem.tag.is_private else elem.name,
-            "data": "" if elem.VR == "SQ" else _text(elem),
-            "vr": elem.VR,
-            "depth": depth,
-        }
+            "" if elem.tag.is_private else elem.name,
+            "" if elem.VR == "SQ" else _text(elem),
+            elem.VR,
+            depth,
+        )
         if elem.VR == "SQ":
             for item in elem.value:
                 yield from _rows(item, depth + 1)

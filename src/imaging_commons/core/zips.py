@@ -24,7 +24,7 @@ _UTF8_NAMES = 0x0800
 _UNIX_FILE = 0o100644 << 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     """One archive member: a file on disk (with its CRC-32 if known) or bytes in memory."""
 

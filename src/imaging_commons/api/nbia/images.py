@@ -24,7 +24,7 @@ from ...core import downloads
 from ...core.accounts import User
 from ...core.downloads import Level
 from ...core.errors import InvalidRequest
-from ...core.imaging import dicom_tags
+from ...core.imaging import DicomElement, dicom_tags
 from ...core.zips import Member, iter_zip
 from ..auth import nbia_user
 from ..context import commons_of
@@ -70,24 +70,24 @@ def new_file_names(count: int) -> list[str]:
     return [f"1-{position:0{width}d}.dcm" for position in range(1, count + 1)]
 
 
-def nbia_tag_rows(rows: list[dict]) -> list[dict[str, str]]:
+def nbia_tag_rows(rows: list[DicomElement]) -> list[dict[str, str]]:
     """The core's tag listing as NBIA writes it: the `>` of each nesting level goes in front of
     the element, and every sequence is closed by an `End <name>` row repeating its element
     after its items (tcia_utils' getSegRefSeries finds referenced series by both)."""
     out: list[dict[str, str]] = []
-    open_sequences: list[dict] = []  # innermost last
+    open_sequences: list[DicomElement] = []  # innermost last
 
     def close(depth: int) -> None:
-        while open_sequences and open_sequences[-1]["depth"] >= depth:
+        while open_sequences and open_sequences[-1].depth >= depth:
             sequence = open_sequences.pop()
-            out.append({"element": ">" * sequence["depth"] + sequence["element"],
-                        "name": f"End {sequence['name']}", "data": ""})
+            out.append({"element": ">" * sequence.depth + sequence.element,
+                        "name": f"End {sequence.name}", "data": ""})
 
     for row in rows:
-        close(row["depth"])
-        out.append({"element": ">" * row["depth"] + row["element"], "name": row["name"],
-                    "data": row["data"]})
-        if row["vr"] == "SQ":
+        close(row.depth)
+        out.append({"element": ">" * row.depth + row.element, "name": row.name,
+                    "data": row.data})
+        if row.vr == "SQ":
             open_sequences.append(row)
     close(0)
     return out
