@@ -1,28 +1,21 @@
-"""NBIA-style search over a version's index: `CatalogSearch` and what it is asked and answers."""
+"""NBIA-style search over a version's index: `CatalogSearch`, what it is asked (`Criteria`,
+`Sort`, the caller's `Scope`) and the results the adapters read by name (the other records
+are in `models`)."""
 
 from .models import (
     SORT_FIELDS,
-    CollectionInfo,
     Criteria,
-    DoiSeries,
     DrillDownStudy,
-    ImageRecord,
-    PatientRecord,
     PatientResult,
     Scope,
     SearchPage,
     SeriesRecord,
     Sort,
-    StudyRecord,
-    StudySeries,
     TextHit,
-    VersionIndex,
     patient_pk,
 )
 from .service import CatalogSearch
 from .species import Species
 
-__all__ = ["SORT_FIELDS", "CatalogSearch", "CollectionInfo", "Criteria", "DoiSeries",
-           "DrillDownStudy", "ImageRecord", "PatientRecord", "PatientResult", "Scope",
-           "SearchPage", "SeriesRecord", "Sort", "Species", "StudyRecord", "StudySeries",
-           "TextHit", "VersionIndex", "patient_pk"]
+__all__ = ["SORT_FIELDS", "CatalogSearch", "Criteria", "DrillDownStudy", "PatientResult",
+           "Scope", "SearchPage", "SeriesRecord", "Sort", "Species", "TextHit", "patient_pk"]
