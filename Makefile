@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench bench-scale clean
+.PHONY: install serve test test-fast lint bench bench-scale clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the suite without the tests marked slow: a minute or so, for the edit-test loop
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # ruff (the rules are in pyproject.toml) and mypy with check_untyped_defs
 lint: $(STAMP)

@@ -359,6 +359,7 @@ def _start_working(command: list[str], env: dict) -> tuple[subprocess.Popen, flo
     return proc, time.monotonic()
 
 
+@pytest.mark.slow
 def test_killing_ingest_at_any_moment_leaves_published_versions_intact(small_archive, extras):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(SRC_DIR), os.environ.get("PYTHONPATH")]))}

@@ -34,6 +34,7 @@ def fuzzed(tmp_path_factory):
         yield live, live.user_token("fuzzer")
 
 
+@pytest.mark.slow
 def test_no_input_makes_a_server_error(fuzzed):
     """Each operation in turn (schemathesis's pytest plugin does not run on this pytest, so
     its strategies are driven by hypothesis here); every server error is listed at the end."""

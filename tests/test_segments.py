@@ -240,6 +240,7 @@ def test_compaction_keeps_superseded_files_for_readers_until_the_grace_ends(grow
     assert later.into is None and set(old) <= set(later.deleted)
 
 
+@pytest.mark.slow
 def test_killing_compaction_at_any_moment_leaves_every_version_intact(grown):
     archive, _, _ = grown
     before = every_version(archive)
@@ -323,6 +324,7 @@ def unpaged(commons: Commons, version: int) -> list[dict]:
     return orjson.loads(b"".join(result.json_page(0, 1 << 30)))
 
 
+@pytest.mark.slow
 def test_keyset_pages_put_together_are_the_unpaged_rows(tmp_path, monkeypatch):
     """Over several segments, moved instances, a restricted collection and NULLs in the order
     columns; granules of 4 rows, so that pages start inside segments."""
@@ -372,25 +374,27 @@ def result_rows(commons: Commons, state: dict) -> list:
     return orjson.loads(b"".join(result.json_page(0, 1 << 30)))
 
 
-@pytest.mark.parametrize("read", ["in key order", "by top-k"])
-@pytest.mark.parametrize("fields", [
+INSTANCE_MANIFEST_FIELDS = [
     ["SOPInstanceUID"],
     ["CRDC_Instance_GUID", "GCS_URL"],  # a key behind the GUID's prefix
     ["GCS_URL", "SOPInstanceUID"],  # URLs of IDC's series and of instances mixed
     ["Patient_ID", "SOPInstanceUID"],  # NULL patients among the instances
     ["Collection_ID", "SeriesInstanceUID", "CRDC_Instance_GUID", "GCS_URL"],
-])
+]
+
+
+@pytest.mark.slow
 def test_instance_manifest_pages_put_together_are_the_unpaged_rows(demo_archive_dir, tmp_path,
-                                                                   monkeypatch, fields, read):
+                                                                   monkeypatch):
     """Instance-level manifests paged by key, from the first instance row on (segments read
     in their copy in the leading key's order, or by a top-k): over IDC series rows (NULL
     instance columns, one row for many series: ties) and ingested instance rows mixed, in
     several segments, one without key orders (as an earlier release wrote it), instances moved
     to another collection, a restricted collection the caller may not see; and after a
-    compaction that merges the segments and writes the missing key orders."""
+    compaction that merges the segments and writes the missing key orders. One archive serves
+    every field list and both ways of reading (building it is most of the test's time)."""
     monkeypatch.setattr(keyset, "KEYSET_FROM_ROWS", 0)
     monkeypatch.setattr(keyset, "PAGE_MAX_ROWS", 17)  # page_size 1000 gets pages of 17
-    monkeypatch.setattr(keyset, "KEY_ORDER_FROM", 0 if read == "in key order" else float("inf"))
     archive = Archive(tmp_path / "archive", compact_every_s=0)
     shutil.copytree(demo_archive_dir, archive.root,
                     ignore=shutil.ignore_patterns("accounts.sqlite*", "tmp", ".nbia-v*.tmp-*"))
@@ -404,19 +408,10 @@ def test_instance_manifest_pages_put_together_are_the_unpaged_rows(demo_archive_
         keyset.key_order_file(catalog.segments_dir / catalog.ingested_segments()[-1], key).unlink()
     ingest(catalog, batches[1][6:] + batches[2][:3], "samples")  # three move to "samples"
     version = publish(catalog)
-    commons = Commons(Archive(archive.root, compact_every_s=0))
     filters = {"collection_id": ["rider_breast_mri", "nlm_visible_human_project", "secret",
                                  "samples", "later"]}
-    state = {"kind": "manifest", "version": version, "filters": filters,
-             "fields": manifest_fields(fields), "offset": 0}
-    assert commons.keyset.pages_instances(commons.compile_state(state, None), version)
-    expected = result_rows(commons, state)
-    assert len(expected) > 40 and len({tuple(r.values()) for r in expected}) == len(expected)
-    assert any(r.get("SOPInstanceUID", "x") is None or r.get("CRDC_Instance_GUID", "x") is None
-               for r in expected) or fields[0] == "SOPInstanceUID"
-    assert not any(r.get("Collection_ID") == "secret" for r in expected)
 
-    def pages(commons: Commons, state: dict, size: int) -> list:
+    def pages(commons: Commons, state: dict, size: int, expected: list) -> list:
         rows, page_state = [], dict(state)
         while page_state is not None:
             page = commons.page(page_state, None, size, None)
@@ -426,13 +421,39 @@ def test_instance_manifest_pages_put_together_are_the_unpaged_rows(demo_archive_
             page_state = page.next_state
         return rows
 
-    for size in (3, 1000):
-        assert pages(commons, state, size) == expected, size
+    def each_manifest(sizes: tuple[int, ...]):
+        """For every field list and way of reading: a new server's view and the state, for
+        each page size (the first and the widest field lists only also at a tiny one)."""
+        for i, fields in enumerate(INSTANCE_MANIFEST_FIELDS):
+            state = {"kind": "manifest", "version": version, "filters": filters,
+                     "fields": manifest_fields(fields), "offset": 0}
+            for read in ("in key order", "by top-k"):
+                monkeypatch.setattr(keyset, "KEY_ORDER_FROM",
+                                    0 if read == "in key order" else float("inf"))
+                commons = Commons(Archive(archive.root, compact_every_s=0))
+                for size in sizes:
+                    if size >= 17 or i in (0, len(INSTANCE_MANIFEST_FIELDS) - 1):
+                        yield (fields, read, size), commons, state
+
+    expected_of: dict[str, list] = {}
+    for case, commons, state in each_manifest((3, 1000)):
+        fields = case[0]
+        assert commons.keyset.pages_instances(commons.compile_state(state, None), version)
+        if str(fields) not in expected_of:
+            expected_of[str(fields)] = result_rows(commons, state)
+        expected = expected_of[str(fields)]
+        assert len(expected) > 40 and len({tuple(r.values()) for r in expected}) == len(expected)
+        assert any(r.get("SOPInstanceUID", "x") is None or r.get("CRDC_Instance_GUID", "x") is None
+                   for r in expected) or fields[0] == "SOPInstanceUID"
+        assert not any(r.get("Collection_ID") == "secret" for r in expected)
+        assert pages(commons, state, case[2], expected) == expected, case
     assert compact(Commons(archive).catalog, min_segments=2, grace_s=0).into
-    merged = Commons(Archive(archive.root, compact_every_s=0))
-    assert all(keyset.key_order_file(merged.catalog.segments_dir / segment, key).exists()
-               for segment in merged.catalog.ingested_segments() for key in keyset.INSTANCE_KEYS)
-    assert pages(merged, state, 1000) == expected
+    for case, merged, state in each_manifest((1000,)):
+        assert all(keyset.key_order_file(merged.catalog.segments_dir / segment, key).exists()
+                   for segment in merged.catalog.ingested_segments()
+                   for key in keyset.INSTANCE_KEYS)
+        assert pages(merged, state, 1000, expected_of[str(case[0])]) == \
+            expected_of[str(case[0])], case
 
 
 def test_a_manifest_of_urls_is_paged_by_key_only_where_instances_match(demo_archive_dir,

@@ -82,7 +82,6 @@ def create_app(archive: Archive) -> FastAPI:
                       lambda: security.swagger_page(app.openapi_url or "", "Imaging Commons"),
                       include_in_schema=False)
     # (Starlette types every handler as taking Exception; each of ours takes its own class)
-    app.add_exception_handler(errors.ApiError, errors.api_error_handler)  # type: ignore[arg-type]
     app.add_exception_handler(CommonsError, errors.commons_error_handler)  # type: ignore[arg-type]
     for fault in (OSError, duckdb.Error, SQLAlchemyError):
         app.add_exception_handler(fault, errors.storage_error_handler)

@@ -16,18 +16,6 @@ from .context import commons_of
 _log = logging.getLogger("imaging_commons")
 
 
-class ApiError(Exception):
-    """A request answered with `status`; `not_found` feeds the IDC error envelope."""
-
-    def __init__(self, status: int, message: str, not_found: list | None = None,
-                 headers: dict | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.not_found = not_found or []
-        self.headers = headers
-
-
 def _is_idc(request: Request) -> bool:
     return request.url.path.startswith("/v1")
 
@@ -36,12 +24,6 @@ def idc_error(status: int, message: str, not_found: list | None = None,
               headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"message": message, "code": status, "not_found": not_found or []},
                         status_code=status, headers=headers)
-
-
-async def api_error_handler(request: Request, exc: ApiError):
-    if _is_idc(request):
-        return idc_error(exc.status, exc.message, exc.not_found, exc.headers)
-    return PlainTextResponse(exc.message, status_code=exc.status, headers=exc.headers)
 
 
 # The one place where the core's refusals become statuses: the kinds both APIs answer alike,

@@ -1,8 +1,8 @@
 """Compaction: merging an archive's small item segments into larger sorted ones.
 
 Every publish appends a segment of its own, and a tombstone file when it replaces instances
-(see catalog.py). Many small segments make every query open many files, and retired rows are
-filtered out at every query. Compaction merges the ingested segments smaller than
+(see the catalog package). Many small segments make every query open many files, and retired
+rows are filtered out at every query. Compaction merges the ingested segments smaller than
 `merge_below_rows` into one, in ITEM_ORDER, with each retired row's version range closed at the
 version before the one that retired it, so that the merged rows need no tombstone. It also
 writes the indexes pages by key read (keyset.write_indexes) of any segment that lacks them
