@@ -16,12 +16,15 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/imaging-commons demo --serve
 
+# pytest-xdist workers (each serves its own copy of the demo archive: ~3 GB each at peak)
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # the suite without the tests marked slow: a minute or so, for the edit-test loop
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 # ruff (the rules are in pyproject.toml) and mypy with check_untyped_defs
 lint: $(STAMP)

@@ -1,8 +1,10 @@
 """Shared fixtures: a real demo archive (IDC catalogue + pydicom's sample files), built once
-per test session, and real uvicorn servers on 127.0.0.1 serving archives."""
+per test run (pytest-xdist's workers each take a copy), and real uvicorn servers on 127.0.0.1
+serving archives."""
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import socket
 import threading
@@ -36,11 +38,14 @@ class LiveServer:
 
         self.app = create_app(archive)
         self.commons: Commons = self.app.state.commons
-        self.port = free_port()
+        # bound here and handed over, so no other process can take the port in between
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                     log_level="warning"))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run,
+                                        kwargs={"sockets": [self._socket]}, daemon=True)
 
     def __enter__(self) -> LiveServer:
         self._thread.start()
@@ -54,6 +59,7 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+        self._socket.close()
 
     def user_token(self, username: str, password: str = "pw-secret-1", **kw) -> str:
         """Create (if needed) a user and return a bearer token for them, through the core."""
@@ -84,12 +90,31 @@ def postgres_schema_url():
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
+def copy_archive(source: Path, dest: Path) -> Path:
+    """A copy of an archive without the work files of the processes using it (its accounts,
+    its scratch folder, an index being built)."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns(
+        "accounts.sqlite*", "tmp", ".nbia-v*.tmp-*"))
+    return dest
+
+
 @pytest.fixture(scope="session")
-def demo_archive_dir(tmp_path_factory) -> Path:
-    """IDC v1..v25 from idc-index-data, then pydicom's samples published as version 26."""
+def demo_archive_dir(tmp_path_factory, worker_id) -> Path:
+    """IDC v1..v25 from idc-index-data, then pydicom's samples published as version 26 (what
+    `make serve` builds). Under pytest-xdist the first worker to ask builds it in the run's
+    shared folder, and every worker serves a copy of its own (tests add users and cohorts)."""
     root = tmp_path_factory.mktemp("demo-archive")
-    build_demo(Commons(Archive(root)), echo=lambda *_: None)  # what `make serve` builds
-    return root
+    if worker_id == "master":
+        build_demo(Commons(Archive(root)), echo=lambda *_: None)
+        return root
+    shared = tmp_path_factory.getbasetemp().parent  # this run's folder, above each worker's
+    with open(shared / "demo-archive.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "demo-archive.built").exists():
+            build_demo(Commons(Archive(shared / "demo-archive")), echo=lambda *_: None)
+            (shared / "demo-archive.built").touch()
+    shutil.rmtree(root)
+    return copy_archive(shared / "demo-archive", root)
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +138,4 @@ def small_archive(tmp_path) -> Archive:
 def copy_of_demo(demo_archive_dir, tmp_path) -> Archive:
     """A private copy of the demo archive, for tests that publish new versions (without the
     work files of the processes using the original: its scratch folder, an index being built)."""
-    dest = tmp_path / "demo-copy"
-    shutil.copytree(demo_archive_dir, dest, ignore=shutil.ignore_patterns(
-        "accounts.sqlite*", "tmp", ".nbia-v*.tmp-*"))
-    return Archive(dest)
+    return Archive(copy_archive(demo_archive_dir, tmp_path / "demo-copy"))

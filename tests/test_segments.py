@@ -8,7 +8,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -20,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from conftest import SAMPLES, LiveServer
+from conftest import SAMPLES, LiveServer, copy_archive
 from imaging_commons.api.idc.params import manifest_fields
 from imaging_commons.config import Archive
 from imaging_commons.core import keyset
@@ -395,9 +394,7 @@ def test_instance_manifest_pages_put_together_are_the_unpaged_rows(demo_archive_
     every field list and both ways of reading (building it is most of the test's time)."""
     monkeypatch.setattr(keyset, "KEYSET_FROM_ROWS", 0)
     monkeypatch.setattr(keyset, "PAGE_MAX_ROWS", 17)  # page_size 1000 gets pages of 17
-    archive = Archive(tmp_path / "archive", compact_every_s=0)
-    shutil.copytree(demo_archive_dir, archive.root,
-                    ignore=shutil.ignore_patterns("accounts.sqlite*", "tmp", ".nbia-v*.tmp-*"))
+    archive = Archive(copy_archive(demo_archive_dir, tmp_path / "archive"), compact_every_s=0)
     catalog = Commons(archive).catalog
     batches = sample_batches(3)
     ingest(catalog, batches[1][:6], "secret", restricted=True)
