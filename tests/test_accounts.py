@@ -209,6 +209,19 @@ def test_expired_tokens(accounts, clock):
     assert _reason(accounts.user_for_token, pair.access_token) == "unknown"
 
 
+def test_issuing_tokens_deletes_those_expired_for_a_day(accounts, clock):
+    """The token table does not grow with every sign-in ever made: issuing a pair deletes the
+    tokens expired for a day, and keeps those expired more recently (still told as expired)."""
+    old = accounts.issue_tokens(accounts.add_user("alice", "pw"))
+    clock.advance(600)  # both of alice's tokens expired, just now
+    accounts.issue_tokens(accounts.add_user("bob", "pw"))
+    assert _reason(accounts.refresh, old.refresh_token) == "expired"
+    clock.advance(24 * 3600)
+    accounts.issue_tokens(accounts.get_user("bob"))  # alice's pair goes
+    assert _reason(accounts.refresh, old.refresh_token) == "unknown"
+    assert accounts.purge_expired_tokens() == 2  # bob's first pair, expired for under a day
+
+
 @pytest.mark.parametrize("garbage", ["", "x", "nope" * 10_000, "\x00\ud800 ü", None, 42])
 def test_garbage_tokens_are_unknown(accounts, garbage):
     assert _reason(accounts.user_for_token, garbage) == "unknown"

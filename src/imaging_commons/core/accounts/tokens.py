@@ -15,6 +15,9 @@ from .users import User, user_of
 
 ACCESS = "access"
 REFRESH = "refresh"
+# Expired tokens are deleted when new ones are issued, once they have been expired this long:
+# until then a client still hears that its token expired rather than that it is unknown.
+EXPIRED_KEPT = timedelta(days=1)
 
 
 class InvalidToken(Unauthenticated):
@@ -71,12 +74,18 @@ class Tokens(StoreParts):
             s.execute(update(TokenRow).where(TokenRow.access_id == row.id).values(revoked=True))
             return True
 
-    def purge_expired_tokens(self) -> int:
-        """Keeps the token table from growing forever; returns how many rows went."""
+    def purge_expired_tokens(self, expired_for: timedelta = timedelta(0)) -> int:
+        """Deletes the tokens expired for at least `expired_for`, which keeps the token table
+        from growing forever (every issue does it for EXPIRED_KEPT); how many rows went."""
         with self._session.begin() as s:
-            return rows_changed(s, delete(TokenRow).where(TokenRow.expires_at <= self._clock()))
+            return self._purge(s, expired_for)
+
+    def _purge(self, s, expired_for: timedelta) -> int:
+        return rows_changed(s, delete(TokenRow).where(
+            TokenRow.expires_at <= self._clock() - expired_for))
 
     def _issue(self, s, user_id: int) -> TokenPair:
+        self._purge(s, EXPIRED_KEPT)
         now, access, refresh = self._clock(), secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         access_row = TokenRow(token_hash=digest(access), kind=ACCESS, user_id=user_id,
                               expires_at=now + timedelta(seconds=self._token_lifetime))
