@@ -38,6 +38,7 @@ from imaging_commons.core.catalog import WRITER_BUSY, Catalog, WriterBusy
 from imaging_commons.core.demo import pydicom_sample_dir
 from imaging_commons.core.errors import Conflict, InvalidRequest
 from imaging_commons.core.front_door import Commons
+from imaging_commons.core.idc_import import import_idc
 from imaging_commons.core.ingest import MAX_FILE_SIZE_ENV, ingest, iter_files, publish
 from imaging_commons.core.ingest.files import FirstBytes, open_regular
 
@@ -401,16 +402,18 @@ def test_a_second_writer_is_refused_while_one_holds_the_archive(tmp_path):
     with catalog.writer_lock():
         for args in (("ingest", str(CT), "--collection", "x", "--publish", "--no-progress"),
                      ("publish",),
-                     ("clinical-import", str(clinical), "--collection", "x", "--source", "s")):
+                     ("clinical-import", str(clinical), "--collection", "x", "--source", "s"),
+                     ("import-idc",)):
             assert_one_line_error(run_cli(archive, *args), WRITER_BUSY)
+        assert not list(catalog.segments_dir.glob("idc-*"))
         # another thread of this process is refused too; the holding thread may write
         refused: list[BaseException] = []
         other = threading.Thread(target=lambda: refused.extend(
-            [_raised(ingest, catalog, [CT], "x")]))
+            [_raised(ingest, catalog, [CT], "x"), _raised(import_idc, catalog)]))
         other.start()
         other.join()
-        assert isinstance(refused[0], WriterBusy) and isinstance(refused[0], Conflict)
-        assert str(refused[0]) == WRITER_BUSY
+        assert all(isinstance(e, WriterBusy) and isinstance(e, Conflict) for e in refused)
+        assert [str(e) for e in refused] == [WRITER_BUSY] * 2
         assert ingest(catalog, [CT], "x").ingested == 1
     result = run_cli(archive, "ingest", str(MR), "--collection", "x", "--publish",
                      "--no-progress")

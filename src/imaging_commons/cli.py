@@ -88,11 +88,8 @@ def main(ctx, archive, accounts_url):
 def import_idc_cmd(ctx):
     """Import the real IDC v25 catalogue from the idc-index-data package as versions 1..25."""
     from .core.idc_import import import_idc
-    from .core.ingest import writing
 
-    catalog = _commons(ctx).catalog
-    with writing(catalog):
-        summary = import_idc(catalog, progress=lambda s: click.echo(f"importing {s}"))
+    summary = import_idc(_commons(ctx).catalog, progress=lambda s: click.echo(f"importing {s}"))
     click.echo(f"imported {summary.series} current series, {summary.prior_series} prior-version "
                f"series, {summary.collections} collections, {summary.analysis_results} analysis "
                f"results, {summary.versions} versions (active: {summary.active})")

@@ -22,6 +22,7 @@ from .catalog import (
     rank_column,
 )
 from .errors import Conflict, Unavailable
+from .ingest.writers import exclusive
 from .search_index import build_search_index
 
 
@@ -69,11 +70,13 @@ def _series_rows_sql(d: Path, current: bool) -> str:
              USING (collection_id)"""
 
 
+@exclusive
 def import_idc(catalog: Catalog, progress=None) -> ImportSummary:
-    """Import the IDC index into an archive that has no published version yet."""
+    """Import the IDC index into an archive that has no published version yet (holding the
+    writer lock, as every writer does)."""
     if catalog._state()["versions"]:
         raise Conflict("import-idc builds versions 1..25 and must run on a new archive "
-                           "(this one already has published versions).")
+                       "(this one already has published versions).")
     d = index_dir()
     con = catalog.connection()
     step = progress or (lambda msg: None)
