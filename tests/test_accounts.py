@@ -139,9 +139,12 @@ def test_duplicate_user_refused(accounts):
 
 
 def test_set_password_list_and_delete_users(accounts):
-    accounts.add_user("alice", "old")
-    accounts.add_user("bob", "pw")
+    pair = accounts.issue_tokens(accounts.add_user("alice", "old"))
+    kept = accounts.issue_tokens(accounts.add_user("bob", "pw"))
     accounts.set_password("alice", "new")
+    assert _reason(accounts.user_for_token, pair.access_token) == "revoked"
+    assert _reason(accounts.refresh, pair.refresh_token) == "revoked"
+    assert accounts.user_for_token(kept.access_token).username == "bob"
     assert accounts.authenticate("alice", "old") is None
     assert accounts.authenticate("alice", "new") is not None
     with pytest.raises(NotFound):

@@ -13,7 +13,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from imaging_commons.cli import main
+from imaging_commons.config import Archive
 from imaging_commons.core.demo import pydicom_sample_dir
+from imaging_commons.core.front_door import Commons
 
 SAMPLES = pydicom_sample_dir()
 PROG = "imaging-commons"
@@ -150,6 +152,21 @@ def test_users_add_grant_and_list(archive):
     listed = run("--archive", archive, "users", "list").stdout.splitlines()
     assert "alice\tadmin\t" in listed
     assert "bob\t\tprivate_trial" in listed
+
+
+def test_users_password_and_delete(archive):
+    assert run("--archive", archive, "users", "add", "carol", "--password", "pw-secret-1"
+               ).exit_code == 0
+    changed = run("--archive", archive, "users", "password", "carol", "--password", "pw-new-2")
+    assert changed.stdout == "password of carol changed; their tokens are revoked\n"
+    accounts = Commons(Archive(Path(archive))).accounts
+    assert accounts.authenticate("carol", "pw-secret-1") is None
+    assert accounts.authenticate("carol", "pw-new-2") is not None
+    assert run("--archive", archive, "users", "delete", "carol").stdout == "user carol deleted\n"
+    assert accounts.get_user("carol") is None
+    assert_one_line_error(run("--archive", archive, "users", "delete", "carol"), "No user carol")
+    assert_one_line_error(run("--archive", archive, "users", "password", "nobody",
+                              "--password", "x"), "nobody")
 
 
 # ----- errors -------------------------------------------------------------------------------

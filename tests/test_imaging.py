@@ -4,7 +4,6 @@ Only files present in pydicom's package directory are used (never
 pydicom.data.get_testdata_file for others: that would download).
 """
 
-import hashlib
 import io
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from imaging_commons.core.imaging import (
     DicomElement,
     ImageUnavailable,
     dicom_tags,
-    file_md5,
     render_thumbnail,
 )
 
@@ -168,12 +166,6 @@ def test_dicom_tags_summarises_bulk_binary_values():
     waveform = next(r for r in rows if r.element == "(5400,1010)")
     assert waveform.data == "<binary data, 240000 bytes>" and waveform.depth == 1
     assert max(len(r.data) for r in rows) < 4 * 1024
-
-
-def test_file_md5_matches_hashlib_across_chunks(tmp_path):
-    path = tmp_path / "f.bin"
-    path.write_bytes(bytes(range(256)) * 10_000)  # 2.5 MB: several 1 MB reads
-    assert file_md5(path) == hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def test_dicom_tags_reads_files_without_file_meta():

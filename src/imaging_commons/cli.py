@@ -233,6 +233,26 @@ def users_add(ctx, username, password, email, admin):
     click.echo(f"user {username} created")
 
 
+@users.command("password")
+@click.argument("username")
+@click.option("--password", prompt="New password", hide_input=True, confirmation_prompt=True)
+@click.pass_context
+def users_password(ctx, username, password):
+    """Set a user's password; the user's tokens stop working (signed out everywhere)."""
+    _commons(ctx).accounts.set_password(username, password)
+    click.echo(f"password of {username} changed; their tokens are revoked")
+
+
+@users.command("delete")
+@click.argument("username")
+@click.pass_context
+def users_delete(ctx, username):
+    """Delete a user with their tokens, grants and cohorts (shared lists they made stay)."""
+    if not _commons(ctx).accounts.delete_user(username):
+        raise NotFound(f"No user {username}")
+    click.echo(f"user {username} deleted")
+
+
 @users.command("list")
 @click.pass_context
 def users_list(ctx):

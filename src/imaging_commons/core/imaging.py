@@ -8,11 +8,9 @@ layer can call it for any instance or series without loading whole studies.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -153,12 +151,3 @@ def _text(elem: DataElement) -> str:
     if elem.VM > 1:
         return "\\".join(str(v) for v in value)
     return str(value)
-
-
-def file_md5(path: str | Path) -> str:
-    """Hex MD5 of a file, read 1 MB at a time (NBIA's checksum; not used for security)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(partial(f.read, 1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

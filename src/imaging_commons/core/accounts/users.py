@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..errors import Conflict, InvalidRequest, NotFound
-from .tables import StoreParts, UserRow, rows_changed, storable
+from .tables import StoreParts, TokenRow, UserRow, rows_changed, storable
 
 GUEST_USERNAME = "nbia_guest"
 # Not an argon2 hash, so verification always fails: the guest is let in by name, never by password.
@@ -61,9 +61,12 @@ class Users(StoreParts):
             raise Conflict(f"User {username} already exists") from None
 
     def set_password(self, username: str, password: str) -> None:
+        """A new password, which ends every session of the user: their tokens are revoked."""
         refuse_guest(username)
         with self._session.begin() as s:
-            require_user(s, username).password_hash = self._hasher.hash(password)
+            row = require_user(s, username)
+            row.password_hash = self._hasher.hash(password)
+            s.execute(update(TokenRow).where(TokenRow.user_id == row.id).values(revoked=True))
 
     def get_user(self, username: str) -> User | None:
         if not storable(username):
