@@ -22,7 +22,7 @@ TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
-# the suite without the tests marked slow: a minute or so, for the edit-test loop
+# the suite without the tests marked slow, for the edit-test loop
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 

@@ -218,6 +218,7 @@ def test_demo_on_a_built_archive_only_says_so(demo_archive_dir):
     assert "active version 26" in result.output
 
 
+@pytest.mark.slow
 def test_serve_answers_both_apis_on_loopback(demo_archive_dir):
     """`imaging-commons serve` as `make serve` ends up running it: a real process."""
     import os

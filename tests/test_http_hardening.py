@@ -81,6 +81,7 @@ class ServerProcess:
 
 # ----- sign-in throttling --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_password_guessing_is_throttled_per_user_with_retry_after(tmp_path):
     with LiveServer(small(tmp_path)) as live:
         live.commons.accounts.add_user("victim", PASSWORD)
@@ -128,6 +129,7 @@ def test_the_throttle_is_configurable_from_the_environment(monkeypatch, tmp_path
 
 # ----- no secrets in logs ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_credentials_in_a_query_string_never_reach_the_access_log(tmp_path):
     archive = small(tmp_path)
     Commons(archive).accounts.add_user("alice", "s3cret-Pa55")
@@ -283,6 +285,7 @@ def test_a_list_answer_over_the_maximum_is_refused_with_the_count(tmp_path):
         assert narrow.status_code == 200 and len(narrow.json()) == 1
 
 
+@pytest.mark.slow
 def test_whole_collection_lists_come_in_series_order_for_every_kind_of_filter(server):
     """The list is streamed in the index's stored order, not sorted per request: it must
     still be the order NBIA gives, whether the filter is one value, a short list or a list
@@ -361,6 +364,7 @@ def unshare_works() -> bool:
 
 @pytest.mark.skipif(not unshare_works(), reason="needs `unshare -rm` (user and mount namespaces)"
                     " to mount the archive read-only")
+@pytest.mark.slow
 def test_a_read_only_archive_answers_503_with_the_fix(tmp_path):
     archive = small(tmp_path)
     Commons(archive).accounts.add_user("alice", PASSWORD)

@@ -357,6 +357,7 @@ def test_the_workers_of_a_killed_ingest_die_with_it(tmp_path, many_copies):
 
 
 # ----- 4. orphan blobs and the writer lock --------------------------------------------------
+@pytest.mark.slow
 def test_blobs_of_a_killed_ingest_are_removed_by_the_next_one_but_not_published_ones(
         tmp_path, many_copies):
     archive = published_archive(tmp_path / "archive", CT, MR)
@@ -394,6 +395,7 @@ def test_blobs_of_a_killed_ingest_are_removed_by_the_next_one_but_not_published_
     assert [v.version for v in Catalog(Archive(archive)).versions()] == [1]
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_while_one_holds_the_archive(tmp_path):
     archive = tmp_path / "archive"
     catalog = Catalog(Archive(archive))
@@ -430,6 +432,7 @@ def _raised(function, *args) -> BaseException | None:
 
 
 # ----- 5. storage faults --------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_read_only_archive_is_a_one_line_error(tmp_path, namespaces):
     archive = published_archive(tmp_path / "archive", CT)
     before = files_with_md5(archive)

@@ -471,6 +471,7 @@ def test_restrictions_for_simple_search(api):
         "criteriaType0": "CollectionCriteria", "value0": "4D-Lung"}).text == "No"
 
 
+@pytest.mark.slow
 def test_manifests(api, server, truth):
     seed = requests.post(f"{api}/getManifestTextV2",
                          data="list=1.3.6.1.4.1.14519.5.2.1.6834.5010."
