@@ -56,7 +56,9 @@ class Commons:
 
     def warm_up(self) -> None:
         """Open the active version's search index before the first request needs it (a server
-        calls this in the background at start)."""
+        calls this in the background at start). Also run one query with a parameter: DuckDB's
+        first imports pandas (~0.2 s), which the first request would otherwise wait for."""
+        self.catalog.connection().execute("SELECT ?::INTEGER", [0]).fetchall()
         try:
             self.search.index(self.catalog.active_version())
         except NothingPublished:
