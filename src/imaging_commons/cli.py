@@ -190,7 +190,8 @@ def versions(ctx):
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.pass_context
 def serve(ctx, host, port):
-    """Serve the IDC API v1 (/v1, Swagger at /v1/swagger) and the NBIA API (/nbia-api)."""
+    """Serve the IDC API v1 (/v1, Swagger at /v1/swagger), the NBIA API (/nbia-api) and
+    DICOMweb QIDO-RS (/dicomweb)."""
     import uvicorn
 
     from .api.app import create_app

@@ -48,7 +48,7 @@ def warm_up_and_settle(commons: Commons) -> None:
 
 
 def create_app(archive: Archive) -> FastAPI:
-    from . import idc, nbia
+    from . import dicomweb, idc, nbia
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -69,8 +69,8 @@ def create_app(archive: Archive) -> FastAPI:
         lifespan=lifespan,
         title="Imaging Commons",
         version=__version__,
-        description="IDC API v1 (under /v1) and the NBIA REST API (under /nbia-api) over one "
-                    "archive.",
+        description="IDC API v1 (under /v1), the NBIA REST API (under /nbia-api) and "
+                    "DICOMweb QIDO-RS (under /dicomweb) over one archive.",
         docs_url=None,
         redoc_url=None,
         max_body_size=archive.max_body_bytes,
@@ -93,6 +93,7 @@ def create_app(archive: Archive) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(idc.router)
     app.include_router(nbia.router)
+    app.include_router(dicomweb.router)
     app.add_middleware(security.HeavyRequestLimit, per_client=archive.heavy_per_client,
                        is_heavy=nbia.is_heavy)
     app.add_middleware(security.SecurityHeaders)

@@ -10,6 +10,8 @@ from ..config import Archive
 from .accounts import Accounts, User
 from .catalog import Catalog, NothingPublished
 from .descriptions import AnalysisResult, Collection, DataVersion, Descriptions, ListedAttribute
+from .dicom_query import DicomQuery, Found
+from .dicom_query import search as dicom_search
 from .keyset import KeysetPages
 from .pages import AnyPage, Pager
 from .paging import PageTokens
@@ -85,6 +87,12 @@ class Commons:
 
     def attributes(self, version: int) -> list[ListedAttribute]:
         return self.descriptions.attributes(version)
+
+    def find_dicom(self, query: DicomQuery, user: User | None) -> Found:
+        """The studies, series or instances of the active version a DICOM query matches, as
+        the caller may see them."""
+        version = self.catalog.active_version()
+        return dicom_search(self.catalog, version, query, self.hidden_collections(user, version))
 
     # ----- paged requests ---------------------------------------------------------------------
     def compile_state(self, state: dict, user: User | None) -> Compiled:

@@ -1,0 +1,109 @@
+"""QIDO-RS under /dicomweb (PS3.18 10.6): the six search resources over the active version,
+answered in the DICOM JSON model, or 204 with no body when nothing matches (as dcm4chee-arc
+answers, and as OHIF's DICOMweb client reads as an empty list)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from ...core.accounts import User
+from ...core.dicom_query import INSTANCE, SERIES, STUDY, Match
+from ..auth import optional_user
+from ..context import commons_of
+from .params import parse, uid
+from .render import DicomDatasets, dataset
+
+router = APIRouter(prefix="/dicomweb", tags=["DICOMweb QIDO-RS"])
+
+
+class DicomJSON(JSONResponse):
+    """An answer in the DICOM JSON model (PS3.18 F.2), written by the route itself."""
+    media_type = "application/dicom+json"
+
+    def render(self, content) -> bytes:
+        return content if isinstance(content, bytes) else super().render(content)
+
+
+_TRUNCATED = ('299 imaging-commons "The number of results exceeded the maximum supported by '
+              'the server. Additional results can be requested."')
+
+# Parameters declared in OpenAPI: the reserved ones, then the attributes OHIF's study and
+# series lists send and those each level returns (any other keyword or tag is read too).
+_ATTRIBUTES = {
+    STUDY: ("StudyInstanceUID", "StudyDate", "PatientName", "PatientID", "AccessionNumber",
+            "StudyDescription", "ModalitiesInStudy"),
+    SERIES: ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber",
+             "SeriesDescription", "BodyPartExamined", "SeriesDate"),
+    INSTANCE: ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID",
+               "InstanceNumber"),
+}
+
+
+def _declared(level: str, fixed: tuple[str, ...]) -> dict:
+    reserved: list[dict] = [
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+        {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+        {"name": "fuzzymatching", "in": "query", "schema": {"type": "boolean"}},
+        {"name": "includefield", "in": "query", "style": "form", "explode": True,
+         "schema": {"type": "array", "items": {"type": "string"}}},
+    ]
+    attributes = [{"name": name, "in": "query", "schema": {"type": "string"}}
+                  for name in _ATTRIBUTES[level] if name not in fixed]
+    return {"parameters": reserved + attributes}
+
+
+def _answer(request: Request, user: User | None, level: str, fixed: tuple[Match, ...]):
+    asked = parse(request.query_params.multi_items(), level, fixed)
+    found = commons_of(request).find_dicom(asked.query, user)
+    if not found.rows:
+        return Response(status_code=204)
+    body = json.dumps([dataset(row, level, asked.include) for row in found.rows],
+                      separators=(",", ":")).encode()
+    return DicomJSON(body, headers={"Warning": _TRUNCATED} if found.truncated else None)
+
+
+def _search(path: str, level: str, summary: str, *fixed: str):
+    responses: dict = {200: {"model": DicomDatasets}, 204: {"description": "Nothing matches"}}
+    return router.get(path, summary=summary, response_class=DicomJSON, responses=responses,
+                      openapi_extra=_declared(level, fixed))
+
+
+@_search("/studies", STUDY, "Search for studies")
+def studies(request: Request, user: User | None = Depends(optional_user)):
+    return _answer(request, user, STUDY, ())
+
+
+@_search("/studies/{study}/series", SERIES, "Search for a study's series", "StudyInstanceUID")
+def study_series(study: str, request: Request, user: User | None = Depends(optional_user)):
+    return _answer(request, user, SERIES, (_within("StudyInstanceUID", study),))
+
+
+@_search("/series", SERIES, "Search for series")
+def series(request: Request, user: User | None = Depends(optional_user)):
+    return _answer(request, user, SERIES, ())
+
+
+@_search("/studies/{study}/series/{series}/instances", INSTANCE,
+         "Search for a series' instances", "StudyInstanceUID", "SeriesInstanceUID")
+def series_instances(study: str, series: str, request: Request,
+                     user: User | None = Depends(optional_user)):
+    return _answer(request, user, INSTANCE, (_within("StudyInstanceUID", study),
+                                             _within("SeriesInstanceUID", series)))
+
+
+@_search("/studies/{study}/instances", INSTANCE, "Search for a study's instances",
+         "StudyInstanceUID")
+def study_instances(study: str, request: Request, user: User | None = Depends(optional_user)):
+    return _answer(request, user, INSTANCE, (_within("StudyInstanceUID", study),))
+
+
+@_search("/instances", INSTANCE, "Search for instances")
+def instances(request: Request, user: User | None = Depends(optional_user)):
+    return _answer(request, user, INSTANCE, ())
+
+
+def _within(keyword: str, value: str) -> Match:
+    return Match(keyword, values=(uid(value, keyword),))
