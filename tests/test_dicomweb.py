@@ -5,6 +5,8 @@ restricted collections; every bad parameter a 4xx."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import warnings
 
 import duckdb
@@ -257,3 +259,68 @@ def test_restricted_study_visibility(restricted):
                       client.search_for_instances(search_filters={
                           "SOPInstanceUID": CT.SOPInstanceUID})):
             assert bool(found) == seen, who
+
+
+# ----- WADO-RS instance retrieval -----------------------------------------------------------
+
+def _parts(answer: requests.Response) -> list[bytes]:
+    """The bodies of a multipart/related answer, split at its boundary."""
+    boundary = answer.headers["content-type"].split("boundary=")[1].strip('"')
+    parts = answer.content.split(f"--{boundary}".encode())
+    assert parts[0] == b"" and parts[-1].strip() == b"--"
+    return [part[part.index(b"\r\n\r\n") + 4:-2] for part in parts[1:-1]]
+
+
+def test_retrieve_instance_is_the_stored_file(server):
+    """The part is byte for byte one of pydicom's files with that SOPInstanceUID (several
+    samples share the MR's, in other transfer syntaxes), and dicomweb-client reads it as
+    pydicom reads that file."""
+    by_md5 = {hashlib.md5(path.read_bytes()).hexdigest(): path
+              for path in SAMPLES.rglob("*") if path.is_file()}
+    answer = requests.get(f"{server.url}/dicomweb/studies/{MR.StudyInstanceUID}/series/"
+                          f"{MR.SeriesInstanceUID}/instances/{MR.SOPInstanceUID}", timeout=60)
+    assert answer.headers["content-type"].startswith(
+        'multipart/related; type="application/dicom"')
+    (part,) = _parts(answer)
+    source = by_md5[hashlib.md5(part).hexdigest()]
+    expected = pydicom.dcmread(source)
+    assert expected.SOPInstanceUID == MR.SOPInstanceUID
+    dataset = _client(server).retrieve_instance(MR.StudyInstanceUID, MR.SeriesInstanceUID,
+                                                MR.SOPInstanceUID)
+    assert dataset.SOPInstanceUID == MR.SOPInstanceUID
+    assert dataset.PixelData == expected.PixelData
+
+
+def test_retrieve_instance_refusals(server):
+    base = f"{server.url}/dicomweb/studies"
+    # another study's UID in the path
+    answer = requests.get(f"{base}/{CT.StudyInstanceUID}/series/{MR.SeriesInstanceUID}/"
+                          f"instances/{MR.SOPInstanceUID}", timeout=60)
+    assert answer.status_code == 404
+    answer = requests.get(f"{base}/1.2.3/series/4.5.6/instances/7.8.9", timeout=60)
+    assert answer.status_code == 404
+    answer = requests.get(f"{base}/1.2.3/series/4.5.6/instances/7..9", timeout=60)
+    assert answer.status_code == 400
+    # an imported IDC series: its files are in IDC's public bucket, and the answer says so
+    study, series = duckdb.sql(
+        "SELECT StudyInstanceUID, SeriesInstanceUID FROM "
+        f"read_parquet('{idc_index_data.IDC_INDEX_PARQUET_FILEPATH}') "
+        "WHERE collection_id = 'lidc_idri' ORDER BY SeriesInstanceUID LIMIT 1").fetchone()
+    answer = requests.get(f"{base}/{study}/series/{series}/instances/1.2.3.4", timeout=60)
+    assert answer.status_code == 404
+    assert "public bucket" in answer.text, answer.text
+
+
+def test_retrieve_restricted_instance(restricted):
+    live = restricted
+    path = (f"{live.url}/dicomweb/studies/{CT.StudyInstanceUID}/series/"
+            f"{CT.SeriesInstanceUID}/instances/{CT.SOPInstanceUID}")
+    assert requests.get(path, timeout=60).status_code == 404
+    token = live.user_token("wado-ungranted")
+    assert requests.get(path, headers={"Authorization": f"Bearer {token}"},
+                        timeout=60).status_code == 404
+    token = live.user_token("wado-admin", is_admin=True)
+    answer = requests.get(path, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert answer.status_code == 200
+    (part,) = _parts(answer)
+    assert pydicom.dcmread(io.BytesIO(part)).SOPInstanceUID == CT.SOPInstanceUID

@@ -1,6 +1,7 @@
-"""QIDO-RS under /dicomweb (PS3.18 10.6): the six search resources over the active version,
-answered in the DICOM JSON model, or 204 with no body when nothing matches (as dcm4chee-arc
-answers, and as OHIF's DICOMweb client reads as an empty list)."""
+"""DICOMweb under /dicomweb over the active version. QIDO-RS (PS3.18 10.6): the six search
+resources, answered in the DICOM JSON model, or 204 with no body when nothing matches (as
+dcm4chee-arc answers, and as OHIF's DICOMweb client reads as an empty list). WADO-RS: an
+instance's stored file."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import json
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from ...core import downloads
 from ...core.accounts import User
-from ...core.dicom_query import INSTANCE, SERIES, STUDY, Match
+from ...core.dicom_query import INSTANCE, SERIES, STUDY, DicomQuery, Match
+from ...core.errors import NotFound
 from ..auth import optional_user
 from ..context import commons_of
 from .params import parse, uid
@@ -107,3 +110,33 @@ def instances(request: Request, user: User | None = Depends(optional_user)):
 
 def _within(keyword: str, value: str) -> Match:
     return Match(keyword, values=(uid(value, keyword),))
+
+
+# ----- WADO-RS ---------------------------------------------------------------------------
+_BOUNDARY = "imaging-commons-dicom-part"
+
+
+class DicomParts(Response):
+    """Stored DICOM files as multipart/related parts of type application/dicom (PS3.18 8.6)."""
+    media_type = f'multipart/related; type="application/dicom"; boundary={_BOUNDARY}'
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}",
+            summary="Retrieve an instance", response_class=DicomParts,
+            responses={200: {"content": {DicomParts.media_type: {}}},
+                       404: {"description": "No such instance, or its file is not here"}})
+def retrieve_instance(study: str, series: str, instance: str, request: Request,
+                      user: User | None = Depends(optional_user)):
+    """The stored file as it was ingested, byte for byte; an instance of a series imported
+    from IDC is a 404 naming the public bucket that holds it."""
+    commons = commons_of(request)
+    within = (_within("StudyInstanceUID", study), _within("SeriesInstanceUID", series),
+              _within("SOPInstanceUID", instance))
+    listed = commons.find_dicom(DicomQuery(INSTANCE, within, limit=1), user)
+    stored = downloads.series_instance(commons, user or commons.accounts.guest_user(),
+                                       series, instance)  # (its refusals say why not)
+    if not listed.rows:
+        raise NotFound(f"No instance {instance} in series {series} of study {study}")
+    body = stored.path.read_bytes()
+    head = f"--{_BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    return DicomParts(b"".join((head, body, f"\r\n--{_BOUNDARY}--\r\n".encode())))
