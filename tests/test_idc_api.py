@@ -1161,6 +1161,21 @@ def test_bad_ids_and_nul_text_are_4xx_on_postgresql(small_archive, postgres_url)
 SAMPLE_VALUES = {"boolean": "false", "integer": "1", "string": "x", "array": ["x"]}
 
 
+def test_the_openapi_gives_this_servers_largest_page(small_archive):
+    """page_size's declared maximum is the server's IMAGING_COMMONS_MAX_PAGE_SIZE, in both
+    documents (/openapi.json and /v1/openapi.json), not the default."""
+    with LiveServer(Archive(small_archive.root, max_page_size=500)) as live:
+        for url in (f"{live.url}/openapi.json", f"{live.url}/v1/openapi.json"):
+            doc = requests.get(url, timeout=60).json()
+            maxima = {p["schema"]["maximum"] for item in doc["paths"].values()
+                      for op in item.values() for p in op.get("parameters", [])
+                      if p["name"] == "page_size"}
+            assert maxima == {500}, url
+        too_big = requests.get(f"{live.url}/v1/dicomMetadata", params={"page_size": 501},
+                               headers=auth(live.user_token("reader")), timeout=60)
+        assert too_big.status_code == 400 and "500" in too_big.json()["message"]
+
+
 def test_the_openapi_declares_each_idc_operations_parameters_bodies_and_answers(server):
     """/v1/openapi.json (what /v1/swagger shows) declares every operation's query parameters,
     typed, its JSON body and its answers' models, and the bearer token; each declared

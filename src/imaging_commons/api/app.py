@@ -76,6 +76,12 @@ def create_app(archive: Archive) -> FastAPI:
         max_body_size=archive.max_body_bytes,
     )
     app.state.commons = Commons(archive)
+    described = app.openapi
+
+    def openapi() -> dict:  # (FastAPI keeps the document it makes, so this runs once)
+        return idc.with_page_size_limit(described(), archive.max_page_size)
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.mount(security.SWAGGER_ASSETS_URL, StaticFiles(directory=security.SWAGGER_ASSETS),
               name="swagger-assets")
     app.add_api_route("/docs",

@@ -7,6 +7,7 @@ paths are served with and without a trailing slash, and at the notebook's altern
 The route modules register their handlers on `router` as they are imported."""
 
 from . import cohorts, descriptive, manifests, queries  # noqa: F401  (they register routes)
+from .models import with_page_size_limit
 from .routing import router
 
-__all__ = ["router"]
+__all__ = ["router", "with_page_size_limit"]

@@ -24,6 +24,7 @@ from .models import (
     VersionsAnswer,
     answers,
     documented,
+    with_page_size_limit,
 )
 from .params import strict_params, version_label, version_number
 from .routing import ok, route, router
@@ -61,8 +62,9 @@ def about(request: Request):
 
 @router.get("/openapi.json", include_in_schema=False)
 def v1_openapi(request: Request):
-    return get_openapi(title="Imaging Commons: IDC API v1", version="1",
-                       routes=router.routes)
+    return with_page_size_limit(
+        get_openapi(title="Imaging Commons: IDC API v1", version="1", routes=router.routes),
+        commons_of(request).archive.max_page_size)
 
 
 @route("GET", "/swagger", include_in_schema=False)

@@ -269,6 +269,20 @@ def query(name: str, schema: dict, description: str, required: bool = False) -> 
 PAGE_SIZE = query("page_size", {"type": "integer", "minimum": 1,
                                 "maximum": Archive.max_page_size, "default": DEFAULT_PAGE_SIZE},
                   "Rows per page, at most the server's IMAGING_COMMONS_MAX_PAGE_SIZE")
+
+
+def with_page_size_limit(schema: dict, max_page_size: int) -> dict:
+    """An OpenAPI document whose page_size parameters give this server's largest page (the
+    declarations above hold the default); the declarations themselves are left untouched."""
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            operation["parameters"] = [
+                {**p, "schema": {**p["schema"], "maximum": max_page_size}}
+                if p.get("name") == "page_size" else p
+                for p in operation.get("parameters", [])]
+    return schema
+
+
 NEXT_PAGE = query("next_page", {"type": "string"},
                   "The token of a previous page or 202: every other parameter is then ignored")
 NEXT_PAGE_REQUIRED = {**NEXT_PAGE, "required": True,
