@@ -6,9 +6,11 @@ instance's stored file."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from ...core import downloads
 from ...core.accounts import User
@@ -137,6 +139,17 @@ def retrieve_instance(study: str, series: str, instance: str, request: Request,
                                        series, instance)  # (its refusals say why not)
     if not listed.rows:
         raise NotFound(f"No instance {instance} in series {series} of study {study}")
-    body = stored.path.read_bytes()
     head = f"--{_BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-    return DicomParts(b"".join((head, body, f"\r\n--{_BOUNDARY}--\r\n".encode())))
+    tail = f"\r\n--{_BOUNDARY}--\r\n".encode()
+    size = len(head) + stored.path.stat().st_size + len(tail)
+    return StreamingResponse(_parts(head, stored.path, tail), media_type=DicomParts.media_type,
+                             headers={"Content-Length": str(size)})
+
+
+def _parts(head: bytes, path: Path, tail: bytes, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """The multipart body read from the file as it is sent (a file can be gigabytes)."""
+    yield head
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            yield chunk
+    yield tail
