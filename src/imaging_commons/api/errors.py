@@ -40,19 +40,22 @@ STATUS_OF: dict[type[core.CommonsError], int] = {
     core.TooManyAttempts: 429,
     core.Unavailable: 503,
 }
-IDC_STATUS_OF: dict[type[core.CommonsError], int] = {}
-NBIA_STATUS_OF: dict[type[core.CommonsError], int] = {core.Conflict: 400}
+# by path prefix; an API not listed (DICOMweb) answers as STATUS_OF says
+STATUS_DIFFERENCES: dict[str, dict[type[core.CommonsError], int]] = {
+    "/nbia-api/": {core.Conflict: 400},
+}
 
 
-def status_of(exc: core.CommonsError, idc: bool) -> int:
-    own = IDC_STATUS_OF if idc else NBIA_STATUS_OF
+def status_of(exc: core.CommonsError, path: str) -> int:
+    own = next((table for prefix, table in STATUS_DIFFERENCES.items()
+                if path.startswith(prefix)), {})
     return next(status for table in (own, STATUS_OF) for kind, status in table.items()
                 if isinstance(exc, kind))
 
 
 async def commons_error_handler(request: Request, exc: core.CommonsError):
     idc = _is_idc(request)
-    status = status_of(exc, idc)
+    status = status_of(exc, request.url.path)
     headers = ({"Retry-After": str(exc.retry_after)} if isinstance(exc, core.TooManyAttempts)
                else {"WWW-Authenticate": "Bearer"} if isinstance(exc, core.Unauthenticated)
                else None)
